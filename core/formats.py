@@ -1,0 +1,286 @@
+"""ggml block formats: the one place that knows every block layout.
+
+Each format class turns raw blocks (a ``[n_blocks, type_size]`` uint8 tensor) into float32 values
+(``[n_blocks, block_size]``), vectorised over all blocks, on whatever device the bytes live on.
+The arithmetic follows ggml's ``dequantize_row_*`` (float32, same operation order) so results equal
+``gguf.quants.dequantize`` bit for bit.  The 4-bit formats whose groups are 32 wide (Q4_0, Q4_1,
+Q4_K) can also hand out ``(q, scale, offset)`` with ``w = q * scale + offset`` per 32-group: the
+int4 "tinygemm" kernels take exactly that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .errors import LlamatorchError
+
+QK_K = 256
+
+
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    """[n, 2] uint8 -> [n, 1] float32 from little-endian half floats."""
+    return b.contiguous().view(torch.float16).to(torch.float32)
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """[n, 16k] bytes -> [n, 32k]: ggml's layout puts low nibbles first, then high nibbles, per 16 bytes."""
+    n = qs.shape[0]
+    qs = qs.reshape(n, -1, 1, 16)
+    out = torch.cat([qs & 0x0F, qs >> 4], dim=2)
+    return out.reshape(n, -1)
+
+
+def _bits(packed: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """[n, m] uint8 -> [n, m*8] of 0/1 where bit j of byte i lands at j*m + i (ggml's qh/hmask order)."""
+    n, m = packed.shape
+    shifts = torch.arange(n_bits, device=packed.device, dtype=torch.uint8).reshape(1, n_bits, 1)
+    return ((packed.reshape(n, 1, m) >> shifts) & 1).reshape(n, n_bits * m)
+
+
+class BlockFormat:
+    qtype: GGMLQuantizationType
+    block_size: int
+    type_size: int
+    int4_groups = False  # True when unpack_int4 is available
+
+    @classmethod
+    def dequantize(cls, blocks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def unpack_int4(cls, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class F32(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.F32, 1, 4
+
+    @classmethod
+    def dequantize(cls, blocks):
+        return blocks.contiguous().view(torch.float32).clone()
+
+
+class F16(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.F16, 1, 2
+
+    @classmethod
+    def dequantize(cls, blocks):
+        return blocks.contiguous().view(torch.float16).to(torch.float32)
+
+
+class BF16(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.BF16, 1, 2
+
+    @classmethod
+    def dequantize(cls, blocks):
+        return blocks.contiguous().view(torch.bfloat16).to(torch.float32)
+
+
+class Q4_0(BlockFormat):
+    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_0, 32, 18, True
+
+    @classmethod
+    def unpack_int4(cls, blocks):
+        d = _f16(blocks[:, :2])
+        return _nibbles(blocks[:, 2:]), d, -8.0 * d
+
+    @classmethod
+    def dequantize(cls, blocks):
+        d = _f16(blocks[:, :2])
+        return (_nibbles(blocks[:, 2:]).to(torch.int8) - 8).to(torch.float32) * d
+
+
+class Q4_1(BlockFormat):
+    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_1, 32, 20, True
+
+    @classmethod
+    def unpack_int4(cls, blocks):
+        return _nibbles(blocks[:, 4:]), _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+
+    @classmethod
+    def dequantize(cls, blocks):
+        q, d, m = cls.unpack_int4(blocks)
+        return q.to(torch.float32) * d + m
+
+
+def _q5_values(qh_bytes: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    # qh is a little-endian u32: bit j is the 5th bit of value j
+    high = _bits(qh_bytes, 8)  # [n, 32] ordered as bit j of byte i at j*4+i -> need plain bit order
+    n = qs.shape[0]
+    # plain order: value j takes bit (j % 8) of byte (j // 8)
+    high = high.reshape(n, 8, 4).transpose(1, 2).reshape(n, 32)
+    return _nibbles(qs) | (high << 4)
+
+
+class Q5_0(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q5_0, 32, 22
+
+    @classmethod
+    def dequantize(cls, blocks):
+        d = _f16(blocks[:, :2])
+        q = _q5_values(blocks[:, 2:6], blocks[:, 6:])
+        return (q.to(torch.int8) - 16).to(torch.float32) * d
+
+
+class Q5_1(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q5_1, 32, 24
+
+    @classmethod
+    def dequantize(cls, blocks):
+        d, m = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+        q = _q5_values(blocks[:, 4:8], blocks[:, 8:])
+        return q.to(torch.float32) * d + m
+
+
+class Q8_0(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q8_0, 32, 34
+
+    @classmethod
+    def dequantize(cls, blocks):
+        d = _f16(blocks[:, :2])
+        return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32) * d
+
+
+class Q2_K(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q2_K, QK_K, 84
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        scales, qs = blocks[:, :16], blocks[:, 16:80]
+        d, dmin = _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
+        dl = (d * (scales & 0x0F).to(torch.float32)).reshape(n, 16, 1)
+        ml = (dmin * (scales >> 4).to(torch.float32)).reshape(n, 16, 1)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
+        q = ((qs.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 16, 16).to(torch.float32)
+        return (dl * q - ml).reshape(n, QK_K)
+
+
+class Q3_K(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q3_K, QK_K, 110
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        dev = blocks.device
+        hmask, qs, sc_bytes = blocks[:, :32], blocks[:, 32:96], blocks[:, 96:108]
+        d = _f16(blocks[:, 108:110])
+        low = sc_bytes[:, :8].reshape(n, 1, 8) >> torch.tensor([0, 4], dtype=torch.uint8, device=dev).reshape(1, 2, 1)
+        high = sc_bytes[:, 8:].reshape(n, 1, 4) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=dev).reshape(
+            1, 4, 1
+        )
+        sc = (low.reshape(n, 16) & 0x0F) | ((high.reshape(n, 16) & 0x03) << 4)
+        dl = (d * (sc.to(torch.int8) - 32).to(torch.float32)).reshape(n, 16, 1)
+        shifts2 = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=dev).reshape(1, 1, 4, 1)
+        ql = ((qs.reshape(n, 2, 1, 32) >> shifts2) & 3).reshape(n, 16, 16)
+        hb = _bits(hmask, 8).reshape(n, 16, 16) ^ 1  # a set hmask bit means "no -4 offset"
+        q = (ql.to(torch.int8) - (hb << 2).to(torch.int8)).to(torch.float32)
+        return (dl * q).reshape(n, QK_K)
+
+
+def _k_scale_min(sc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's 12 bytes of packed 6-bit scales and mins -> two [n, 8] uint8 tensors."""
+    n = sc.shape[0]
+    sc = sc.reshape(n, 3, 4)
+    d, m, md = sc[:, 0], sc[:, 1], sc[:, 2]
+    scale = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mins = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return scale, mins
+
+
+class Q4_K(BlockFormat):
+    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_K, QK_K, 144, True
+
+    @classmethod
+    def unpack_int4(cls, blocks):
+        n = blocks.shape[0]
+        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+        sc, mn = _k_scale_min(blocks[:, 4:16])
+        qs = blocks[:, 16:].reshape(n, 4, 1, 32)
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=2).reshape(n, QK_K)
+        return q, d * sc.to(torch.float32), -(dmin * mn.to(torch.float32))
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        q, scale, offset = cls.unpack_int4(blocks)
+        # ggml computes d*q - m (not d*q + (-m)): same value in IEEE arithmetic
+        return (scale.reshape(n, 8, 1) * q.reshape(n, 8, 32).to(torch.float32) + offset.reshape(n, 8, 1)).reshape(
+            n, QK_K
+        )
+
+
+class Q5_K(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q5_K, QK_K, 176
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+        sc, mn = _k_scale_min(blocks[:, 4:16])
+        qh, qs = blocks[:, 16:48], blocks[:, 48:]
+        ql = qs.reshape(n, 4, 1, 32)
+        ql = torch.cat([ql & 0x0F, ql >> 4], dim=2).reshape(n, 8, 32)
+        hb = _bits(qh, 8).reshape(n, 8, 32)
+        q = (ql | (hb << 4)).to(torch.float32)
+        dl = (d * sc.to(torch.float32)).reshape(n, 8, 1)
+        ml = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
+        return (dl * q - ml).reshape(n, QK_K)
+
+
+class Q6_K(BlockFormat):
+    qtype, block_size, type_size = GGMLQuantizationType.Q6_K, QK_K, 210
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        dev = blocks.device
+        ql, qh, scales = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
+        d = _f16(blocks[:, 208:210])
+        dl = (d * scales.contiguous().view(torch.int8).to(torch.float32)).reshape(n, 16, 1)
+        low = ql.reshape(n, 2, 1, 64)
+        low = torch.cat([low & 0x0F, low >> 4], dim=2).reshape(n, 8, 32)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=dev).reshape(1, 1, 4, 1)
+        high = ((qh.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 8, 32)
+        q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16).to(torch.float32)
+        return (dl * q).reshape(n, QK_K)
+
+
+FORMATS: dict[GGMLQuantizationType, type[BlockFormat]] = {
+    cls.qtype: cls for cls in (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+}
+
+
+def block_format(qtype: GGMLQuantizationType) -> type[BlockFormat]:
+    try:
+        return FORMATS[qtype]
+    except KeyError:
+        raise LlamatorchError(f"tensor type {qtype.name} is not supported") from None
+
+
+def as_blocks(raw: np.ndarray | torch.Tensor, qtype: GGMLQuantizationType, device=None) -> torch.Tensor:
+    """Raw bytes (numpy view or tensor) -> [n_blocks, type_size] uint8 tensor on `device`."""
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    t = torch.from_numpy(raw) if isinstance(raw, np.ndarray) else raw
+    if device is not None:
+        t = t.to(device)
+    return t.reshape(-1, type_size)
+
+
+def dequantize(raw, qtype: GGMLQuantizationType, shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Raw bytes of a tensor -> float tensor of row-major `shape` (ggml dims reversed)."""
+    fmt = block_format(qtype)
+    out = fmt.dequantize(as_blocks(raw, qtype, device))
+    return out.reshape(shape).to(dtype)
+
+
+def unpack_int4(raw, qtype: GGMLQuantizationType, shape, device=None):
+    """For Q4_0/Q4_1/Q4_K: (q [N, K] uint8 in 0..15, scale [N, K/32], offset [N, K/32]) float32."""
+    fmt = block_format(qtype)
+    if not fmt.int4_groups:
+        raise LlamatorchError(f"{qtype.name} has no int4 group form")
+    n_rows, k = shape
+    q, scale, offset = fmt.unpack_int4(as_blocks(raw, qtype, device))
+    return q.reshape(n_rows, k), scale.reshape(n_rows, k // 32), offset.reshape(n_rows, k // 32)
