@@ -15,6 +15,8 @@ from llamatorch.core.errors import LlamatorchError
 
 # module (under llamatorch.cli) for each subcommand, in the order `--help` lists them
 COMMAND_MODULES = [
+    "generate",  # cli
+    "bench",
     "download",
 ]
 

@@ -1,0 +1,111 @@
+"""`llamatorch cli`: llama-completion's plain completion (chat mode comes with the chat templates)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .options import BatchSize, CtxSize, Device, Dtype, Model, Seed, Threads, log, read_prompt
+
+NAME = "cli"
+
+
+def command(
+    model: Model = "smollm2",
+    prompt: Annotated[Optional[str], typer.Option("-p", "--prompt", help="prompt text")] = None,
+    file: Annotated[Optional[str], typer.Option("-f", "--file", help="read the prompt from a file")] = None,
+    n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="tokens to generate (-1 = until end or context full)")] = -1,
+    ctx_size: CtxSize = 0,
+    batch_size: BatchSize = 2048,
+    threads: Threads = None,
+    seed: Seed = -1,
+    temp: Annotated[float, typer.Option("--temp", help="temperature (<= 0: greedy)")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p")] = 0.05,
+    typical: Annotated[float, typer.Option("--typical")] = 1.0,
+    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty")] = 1.0,
+    repeat_last_n: Annotated[int, typer.Option("--repeat-last-n")] = 64,
+    presence_penalty: Annotated[float, typer.Option("--presence-penalty")] = 0.0,
+    frequency_penalty: Annotated[float, typer.Option("--frequency-penalty")] = 0.0,
+    dtype: Dtype = "auto",
+    device: Device = "cpu",
+    conversation: Annotated[bool, typer.Option("-cnv", "--conversation", help="chat mode")] = False,
+    no_conversation: Annotated[bool, typer.Option("-no-cnv", "--no-conversation", help="plain completion")] = False,
+    no_display_prompt: Annotated[bool, typer.Option("--no-display-prompt", help="don't echo the prompt")] = False,
+    show_ids: Annotated[bool, typer.Option("--show-ids", help="print generated token ids on stderr at the end")] = False,
+) -> None:
+    """Generate text from a prompt (llama-completion)."""
+    from llamatorch.core.errors import LlamatorchError
+
+    if conversation:
+        raise LlamatorchError("chat mode (-cnv) is not available yet: use -no-cnv for plain completion")
+    text = read_prompt(prompt, file)
+    if text is None or text == "":
+        raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE")
+    if n_predict == 0 or n_predict < -2:
+        raise LlamatorchError(f"-n {n_predict}: give a positive number of tokens, or -1 for no limit")
+    if ctx_size < 0:
+        raise LlamatorchError("-c must be >= 0")
+    if batch_size < 1:
+        raise LlamatorchError("-b must be >= 1")
+
+    import sys
+    import time
+
+    from llamatorch.core.engine import Engine
+    from llamatorch.core.generate import GenStats, check_prompt_fits, generate
+    from llamatorch.core.hub import resolve_model
+    from llamatorch.core.sampling import Sampler, SamplerParams
+
+    t_start = time.perf_counter()
+    path = resolve_model(model)
+    engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
+    tok = engine.tokenizer
+    ids = tok.encode(text, add_special=True, parse_special=True)
+    check_prompt_fits(len(ids), engine.n_ctx)
+    log(f"cli: model {path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
+        f"{str(engine.dtype).removeprefix('torch.')}, device {engine.device}, threads {engine.n_threads}, "
+        f"prompt {len(ids)} tokens")
+    params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
+    sampler = Sampler(params, engine.n_vocab)
+    log(f"cli: sampler seed {sampler.seed}")
+    from llamatorch.core.tokenizer import StreamDecoder
+
+    out = sys.stdout
+    if not no_display_prompt:
+        out.write(text)
+        out.flush()
+    stream = StreamDecoder(tok)
+    stats = GenStats()
+    generated = []
+    for token in generate(engine, ids, n_predict, sampler, n_batch=batch_size, stats=stats):
+        generated.append(token)
+        piece = stream.feed(token)
+        if piece:
+            out.write(piece)
+            out.flush()
+    out.write(stream.flush())
+    out.write("\n")
+    out.flush()
+    if show_ids:
+        log(f"generated ids: {generated}")
+    total = time.perf_counter() - t_start
+    _perf(engine.load_seconds, stats, total)
+
+
+def _perf(load_s: float, s, total_s: float) -> None:
+    def line(label, ms, n, unit):
+        per = ms / n if n else 0.0
+        tps = 1000.0 * n / ms if ms > 0 else 0.0
+        return (f"llama_perf_context_print: {label:>16} = {ms:10.2f} ms / {n:5d} {unit} "
+                f"({per:8.2f} ms per token, {tps:8.2f} tokens per second)")
+
+    log(f"llama_perf_context_print: {'load time':>16} = {load_s * 1000:10.2f} ms")
+    log(line("prompt eval time", s.prompt_seconds * 1000, s.prompt_tokens, "tokens"))
+    log(line("eval time", s.gen_seconds * 1000, s.gen_tokens, "runs  "))
+    log(f"llama_perf_context_print: {'total time':>16} = {total_s * 1000:10.2f} ms / "
+        f"{s.prompt_tokens + s.gen_tokens:5d} tokens")

@@ -1,0 +1,37 @@
+"""Option types shared by the subcommands (llama.cpp's flag names)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Model = Annotated[str, typer.Option("-m", "--model", help="GGUF path or model name (see `llamatorch download --list`)")]
+Threads = Annotated[Optional[int], typer.Option("-t", "--threads", help="CPU threads (default: all cores)")]
+Dtype = Annotated[str, typer.Option("--dtype", help="compute dtype: auto (fast), f32 (exact reference), bf16, f16")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+CtxSize = Annotated[int, typer.Option("-c", "--ctx-size", help="context size (0 = the model's training context)")]
+BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="logical batch size for prompt processing")]
+Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (-1 = random)")]
+
+
+def read_prompt(prompt: str | None, file: str | None) -> str | None:
+    """-p TEXT or -f FILE (UTF-8, decoded with replacement)."""
+    from pathlib import Path
+
+    from llamatorch.core.errors import LlamatorchError
+
+    if prompt is not None and file is not None:
+        raise LlamatorchError("give either -p or -f, not both")
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise LlamatorchError(f"prompt file not found: {file}")
+        return path.read_bytes().decode("utf-8", errors="replace")
+    return prompt
+
+
+def log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,176 @@
+"""The engine: llama.cpp's llama_batch / llama_decode idea on a PyTorch model.
+
+A `Batch` is a flat list of tokens, each with a position, a sequence id and a wants-logits flag.
+`Engine.decode(batch)` groups the tokens by sequence into one padded [B, T] forward (prefill,
+decode and mixed batches alike), writes their keys/values into the shared `KVCache`, and returns the
+logits of the flagged tokens in batch order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import LlamatorchError
+from .gguf_file import GGUFFile
+from .kv_cache import KVCache
+from .models import model_class
+from .models.common import Step
+
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+@dataclass
+class Batch:
+    tokens: list[int] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    logits: list[bool] = field(default_factory=list)
+
+    def add(self, token: int, pos: int, seq: int = 0, logits: bool = False) -> None:
+        self.tokens.append(int(token))
+        self.pos.append(int(pos))
+        self.seq.append(int(seq))
+        self.logits.append(bool(logits))
+
+    @classmethod
+    def sequence(cls, tokens, start: int = 0, seq: int = 0, all_logits: bool = False) -> "Batch":
+        """Consecutive tokens of one sequence; logits for the last one (or all)."""
+        n = len(tokens)
+        return cls(list(map(int, tokens)), list(range(start, start + n)), [seq] * n,
+                   [all_logits or i == n - 1 for i in range(n)])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise LlamatorchError(f"unknown --dtype '{name}' (use auto, f32, bf16 or f16)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in ("auto", "cpu"):
+        if name == "auto" and torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LlamatorchError("--device cuda asked for, but no CUDA device is available")
+        return torch.device(name)
+    raise LlamatorchError(f"unknown --device '{name}' (use auto, cpu or cuda)")
+
+
+def set_threads(n: int | None) -> int:
+    n = n if n and n > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+class Engine:
+    """A loaded model, its KV cache for `n_seq` sequences of up to `n_ctx` tokens each."""
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 0, n_seq: int = 1, dtype: str = "auto",
+                 device: str = "cpu", threads: int | None = None):
+        t0 = time.perf_counter()
+        self.n_threads = set_threads(threads)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.file = GGUFFile(model_path)
+        cls = model_class(self.file)
+        with torch.inference_mode():
+            self.model = cls(self.file, self.dtype, self.device)
+        p = self.model.params
+        self.n_ctx_train = p.n_ctx_train
+        self.n_ctx = n_ctx if n_ctx > 0 else p.n_ctx_train
+        self.n_vocab = p.n_vocab
+        self.model.prepare(self.n_ctx)
+        self.cache = KVCache(p.n_layer, n_seq, self.model.kv_heads, self.n_ctx, self.model.kv_dim,
+                             self.dtype, self.device)
+        self._tokenizer = None
+        self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_metadata(self.file.metadata)
+        return self._tokenizer
+
+    @property
+    def n_seq(self) -> int:
+        return self.cache.n_seq
+
+    # ---- batch layout --------------------------------------------------------------------------
+    def _layout(self, batch: Batch) -> tuple[Step, torch.Tensor | None]:
+        if len(batch) == 0:
+            raise LlamatorchError("empty batch")
+        seqs: dict[int, list[int]] = {}
+        for i, s in enumerate(batch.seq):
+            if not 0 <= s < self.n_seq:
+                raise LlamatorchError(f"sequence id {s} out of range (n_seq = {self.n_seq})")
+            seqs.setdefault(s, []).append(i)
+        B, T = len(seqs), max(len(v) for v in seqs.values())
+        tokens = np.zeros((B, T), dtype=np.int64)
+        positions = np.zeros((B, T), dtype=np.int64)
+        write_pos = np.full((B, T), self.cache.trash_cell, dtype=np.int64)
+        valid = np.zeros((B, T), dtype=bool)
+        out_flat = []
+        pos_all = np.asarray(batch.pos, dtype=np.int64)
+        if pos_all.min() < 0 or pos_all.max() >= self.n_ctx:
+            raise LlamatorchError(f"position {int(pos_all.max())} is outside the context of {self.n_ctx} tokens")
+        tok_all = np.asarray(batch.tokens, dtype=np.int64)
+        if tok_all.min() < 0 or tok_all.max() >= self.n_vocab:
+            raise LlamatorchError(f"token id out of range [0, {self.n_vocab})")
+        for b, (s, idx) in enumerate(seqs.items()):
+            n = len(idx)
+            tokens[b, :n] = tok_all[idx]
+            positions[b, :n] = pos_all[idx]
+            write_pos[b, :n] = pos_all[idx]
+            valid[b, :n] = True
+        flags = batch.logits
+        order = {i: (b, t) for b, idx in enumerate(seqs.values()) for t, i in enumerate(idx)}
+        out_flat = [order[i][0] * T + order[i][1] for i in range(len(batch)) if flags[i]]
+        n_visible = int(pos_all.max()) + 1
+        cells = np.arange(n_visible)
+        mask = (cells[None, None, :] <= positions[:, :, None]) & valid[:, :, None]
+        mask[:, :, 0] |= ~valid  # padding queries see cell 0 so no softmax row is empty
+        rows = np.fromiter(seqs.keys(), dtype=np.int64, count=B)
+        contiguous = (int(rows[0]), B) if np.array_equal(rows, np.arange(rows[0], rows[0] + B)) else None
+        dev = self.device
+        step = Step(
+            tokens=torch.from_numpy(tokens).to(dev),
+            positions=torch.from_numpy(positions).to(dev),
+            rows=torch.from_numpy(rows).to(dev),
+            write_pos=torch.from_numpy(write_pos).to(dev),
+            mask=torch.from_numpy(mask[:, None]).to(dev),
+            n_visible=n_visible,
+            rows_contiguous=contiguous,
+        )
+        for s, idx in seqs.items():
+            self.cache.seq_len[s] = max(self.cache.seq_len[s], int(pos_all[idx].max()) + 1)
+        out_index = None if out_flat == list(range(B * T)) else torch.tensor(out_flat, dtype=torch.int64, device=dev)
+        return step, out_index
+
+    @torch.inference_mode()
+    def decode(self, batch: Batch) -> torch.Tensor:
+        """Evaluate a batch; returns float32 logits [n_flagged, n_vocab] in batch order."""
+        step, out_index = self._layout(batch)
+        if not any(batch.logits):
+            out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self.model.forward(step, self.cache, out_index)
+            return torch.empty(0, self.n_vocab)
+        return self.model.forward(step, self.cache, out_index)
+
+    def weight_bytes_per_token(self) -> int:
+        return self.model.weight_bytes_per_token()

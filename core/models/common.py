@@ -1,0 +1,84 @@
+"""Pieces shared by the model families: norms, RoPE, attention over the KV cache, the step context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..kv_cache import KVCache
+
+
+@dataclass
+class Step:
+    """One forward's batch layout (built by the engine), shared by every layer.
+
+    tokens/positions: [B, T]; rows: [B] cache rows; write_pos: [B, T] cells written (padding -> trash
+    cell); mask: [B, 1, T, S] True where a query may attend a key; S = cells visible this step.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    rows: torch.Tensor
+    write_pos: torch.Tensor
+    mask: torch.Tensor
+    n_visible: int
+    rows_contiguous: tuple[int, int] | None  # (first, count) when rows are a plain range
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * weight).to(x.dtype)
+
+
+def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of theta = pos * base^(-2i/n_rot) for i < n_rot/2: two [n_pos, n_rot/2] float32 tables."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, n_rot, 2, dtype=torch.int64, device=device).float() / n_rot))
+    pos = torch.arange(n_pos, dtype=torch.float32, device=device) * scale
+    theta = torch.outer(pos, inv_freq)
+    return theta.cos(), theta.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
+    """x: [B, H, T, D]; cos/sin: [B, 1, T, n_rot/2]. Rotates the first n_rot dims.
+
+    neox=False is ggml's "normal" mode (adjacent pairs, the converter permuted llama's Q/K for it);
+    neox=True rotates dim i with dim i + n_rot/2 (HF's rotate_half).
+    """
+    n_rot = cos.shape[-1] * 2
+    xr, xpass = x[..., :n_rot], x[..., n_rot:]
+    xf = xr.float()
+    if neox:
+        x0, x1 = xf[..., : n_rot // 2], xf[..., n_rot // 2 :]
+        out = torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    else:
+        pairs = xf.unflatten(-1, (n_rot // 2, 2))
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+    out = out.to(x.dtype)
+    return out if xpass.shape[-1] == 0 else torch.cat([out, xpass], dim=-1)
+
+
+def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None) -> torch.Tensor:
+    """Write k/v ([B, Hkv, T, D]) into the cache, attend q ([B, H, T, D]) over the visible cells.
+
+    Returns [B, T, H*D].
+    """
+    kc, vc = cache.k[layer], cache.v[layer]
+    rows = step.rows[:, None]
+    kc[rows, :, step.write_pos] = k.transpose(1, 2).to(kc.dtype)
+    vc[rows, :, step.write_pos] = v.transpose(1, 2).to(vc.dtype)
+    S = step.n_visible
+    if step.rows_contiguous is not None:
+        first, count = step.rows_contiguous
+        keys, values = kc[first : first + count, :, :S], vc[first : first + count, :, :S]
+    else:
+        keys, values = kc[step.rows, :, :S], vc[step.rows, :, :S]
+    out = F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=step.mask if mask is None else mask, scale=scale,
+        enable_gqa=True,
+    )
+    B, H, T, D = out.shape
+    return out.transpose(1, 2).reshape(B, T, H * D)

@@ -1,0 +1,157 @@
+"""The llama family (SmolLM2, Llama 2/3, Mistral-style), following llama.cpp's llama graph.
+
+RMSNorm -> attention (RoPE in ggml's normal mode: the converter permuted Q/K for it, GQA) -> residual
+-> RMSNorm -> SwiGLU FFN -> residual; final RMSNorm and the output matrix (tied to the embeddings
+when the file has no output.weight).  Q/K/V and gate/up are fused into one matrix each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import GGUFError
+from ..gguf_file import GGUFFile
+from ..weights import Linear, TensorRef
+from .common import Step, apply_rope, attend, rms_norm, rope_tables
+
+
+@dataclass
+class LlamaParams:
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_base: float
+    n_rot: int
+    rope_scale: float = 1.0
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "LlamaParams":
+        arch = f.architecture
+        key = lambda k: f"{arch}.{k}"  # noqa: E731
+        n_embd = int(f.require(key("embedding_length")))
+        n_head = int(f.require(key("attention.head_count")))
+        head_dim = int(f.get(key("attention.key_length"), n_embd // n_head))
+        tok = f.tensors.get("token_embd.weight")
+        if tok is None:
+            raise GGUFError(f"{f.path.name}: missing tensor token_embd.weight")
+        scaling = f.get(key("rope.scaling.type"))
+        factor = float(f.get(key("rope.scaling.factor"), 1.0) or 1.0)
+        return cls(
+            n_vocab=int(tok.shape[0]),
+            n_embd=n_embd,
+            n_layer=int(f.require(key("block_count"))),
+            n_head=n_head,
+            n_head_kv=int(f.get(key("attention.head_count_kv"), n_head)),
+            head_dim=head_dim,
+            n_ff=int(f.require(key("feed_forward_length"))),
+            n_ctx_train=int(f.require(key("context_length"))),
+            rms_eps=float(f.require(key("attention.layer_norm_rms_epsilon"))),
+            rope_base=float(f.get(key("rope.freq_base"), 10000.0)),
+            n_rot=int(f.get(key("rope.dimension_count"), head_dim)),
+            rope_scale=1.0 / factor if scaling == "linear" else 1.0,
+        )
+
+
+def check_shape(f: GGUFFile, name: str, expected: tuple[int, ...]) -> TensorRef:
+    info = f.tensors.get(name)
+    if info is None:
+        raise GGUFError(f"{f.path.name}: missing tensor {name}")
+    if tuple(info.shape) != tuple(expected):
+        raise GGUFError(
+            f"{f.path.name}: tensor {name} has shape {list(info.shape)}, the architecture expects {list(expected)}"
+        )
+    return TensorRef(f, name)
+
+
+class LlamaLayer:
+    def __init__(self, f: GGUFFile, p: LlamaParams, il: int, dtype, device):
+        pre = f"blk.{il}."
+        qd, kvd = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        vec = lambda n, size: check_shape(f, pre + n, (size,)).dequantize(device)  # noqa: E731
+        mat = lambda n, rows, cols: check_shape(f, pre + n, (rows, cols))  # noqa: E731
+        self.attn_norm = vec("attn_norm.weight", p.n_embd)
+        self.ffn_norm = vec("ffn_norm.weight", p.n_embd)
+        self.qkv = Linear(
+            [mat("attn_q.weight", qd, p.n_embd), mat("attn_k.weight", kvd, p.n_embd), mat("attn_v.weight", kvd, p.n_embd)],
+            dtype, device,
+        )
+        self.wo = Linear([mat("attn_output.weight", p.n_embd, qd)], dtype, device)
+        self.gate_up = Linear([mat("ffn_gate.weight", p.n_ff, p.n_embd), mat("ffn_up.weight", p.n_ff, p.n_embd)], dtype, device)
+        self.down = Linear([mat("ffn_down.weight", p.n_embd, p.n_ff)], dtype, device)
+
+
+class LlamaModel:
+    rope_neox = False
+
+    def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device):
+        self.params = p = LlamaParams.from_gguf(f)
+        self.dtype, self.device = dtype, device
+        emb_ref = check_shape(f, "token_embd.weight", (p.n_vocab, p.n_embd))
+        self.tok_embd = emb_ref.dequantize(device, dtype)
+        self.layers = [LlamaLayer(f, p, il, dtype, device) for il in range(p.n_layer)]
+        self.out_norm = check_shape(f, "output_norm.weight", (p.n_embd,)).dequantize(device)
+        if "output.weight" in f.tensors:
+            self.output = Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], dtype, device)
+        else:
+            self.output = _TiedOutput(self.tok_embd)
+        self.rope_cos, self.rope_sin = None, None
+        self.kv_heads, self.kv_dim = p.n_head_kv, p.head_dim
+
+    def prepare(self, n_ctx: int) -> None:
+        """Precompute position tables for a context of n_ctx (+1 trash cell)."""
+        p = self.params
+        self.rope_cos, self.rope_sin = rope_tables(n_ctx + 1, p.n_rot, p.rope_base, self.device, p.rope_scale)
+
+    def forward(self, step: Step, cache, out_index: torch.Tensor | None) -> torch.Tensor:
+        """Run the batch; return logits [n_out, n_vocab] for the flattened token indices in out_index."""
+        p = self.params
+        B, T = step.tokens.shape
+        x = self.tok_embd[step.tokens]  # [B, T, D]
+        cos = self.rope_cos[step.positions][:, None]  # [B, 1, T, n_rot/2]
+        sin = self.rope_sin[step.positions][:, None]
+        scale = 1.0 / math.sqrt(p.head_dim)
+        qd, kvd = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        for il, L in enumerate(self.layers):
+            h = rms_norm(x, L.attn_norm, p.rms_eps)
+            q, k, v = L.qkv.split(L.qkv(h))
+            q = apply_rope(q.view(B, T, p.n_head, p.head_dim).transpose(1, 2), cos, sin, self.rope_neox)
+            k = apply_rope(k.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2), cos, sin, self.rope_neox)
+            v = v.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2)
+            x = x + L.wo(attend(q, k, v, cache, il, step, scale))
+            h = rms_norm(x, L.ffn_norm, p.rms_eps)
+            g, u = L.gate_up.split(L.gate_up(h))
+            x = x + L.down(F.silu(g) * u)
+        x = x.reshape(B * T, -1)
+        if out_index is not None:
+            x = x[out_index]
+        x = rms_norm(x, self.out_norm, p.rms_eps)
+        return self.output(x).float()
+
+    def weight_bytes_per_token(self) -> int:
+        n = sum(l.qkv.nbytes_decode + l.wo.nbytes_decode + l.gate_up.nbytes_decode + l.down.nbytes_decode
+                for l in self.layers)
+        return n + self.output.nbytes_decode
+
+
+class _TiedOutput:
+    """The output projection reusing the token embedding matrix."""
+
+    def __init__(self, emb: torch.Tensor):
+        self.emb = emb
+
+    def __call__(self, x):
+        return F.linear(x, self.emb)
+
+    @property
+    def nbytes_decode(self) -> int:
+        return self.emb.numel() * self.emb.element_size()

@@ -1,0 +1,103 @@
+"""llama.cpp's default sampler chain, on torch tensors.
+
+penalties -> top-k -> typical -> top-p -> min-p -> temperature -> draw (common_sampler's order and
+defaults).  Top-k runs first on the whole vocabulary, so every later stage works on at most k
+candidates.  temp <= 0 keeps only the best candidate (greedy), as llama.cpp's temp sampler does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplerParams:
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None  # None or -1: random
+    min_keep: int = 1
+
+
+class Sampler:
+    """Stateful sampler for one sequence: remembers recent tokens for the penalties."""
+
+    def __init__(self, params: SamplerParams, n_vocab: int):
+        self.p = params
+        self.n_vocab = n_vocab
+        self.generator = torch.Generator()
+        seed = params.seed
+        if seed is None or seed < 0:
+            seed = torch.seed() & 0xFFFFFFFF
+        self.seed = seed
+        self.generator.manual_seed(seed)
+        self.recent: deque[int] = deque(maxlen=max(params.repeat_last_n, 0) or None)
+
+    def accept(self, token: int) -> None:
+        if self.p.repeat_last_n != 0:
+            self.recent.append(int(token))
+
+    def _penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        if not self.recent or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0):
+            return logits
+        counts = Counter(self.recent)
+        ids = torch.tensor(list(counts), dtype=torch.int64)
+        cnt = torch.tensor(list(counts.values()), dtype=torch.float32)
+        sel = logits[ids]
+        sel = torch.where(sel <= 0, sel * p.repeat_penalty, sel / p.repeat_penalty)
+        sel = sel - cnt * p.frequency_penalty - p.presence_penalty
+        logits = logits.clone()
+        logits[ids] = sel
+        return logits
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """logits: [n_vocab] float32 (any device). Returns the drawn token id."""
+        p = self.p
+        logits = self._penalize(logits.float().cpu())
+        if p.temp <= 0:
+            return int(torch.argmax(logits))
+        k = p.top_k if 0 < p.top_k < logits.numel() else logits.numel()
+        vals, ids = torch.topk(logits, k)  # sorted, descending
+        keep = max(p.min_keep, 1)
+        if p.typical_p < 1.0:
+            vals, ids = _typical(vals, ids, p.typical_p, keep)
+        if p.top_p < 1.0:
+            probs = torch.softmax(vals, -1)
+            cum = torch.cumsum(probs, -1)
+            # keep up to and including the first token where the cumulative mass reaches top_p
+            n = int(torch.searchsorted(cum, torch.tensor([p.top_p]), right=False)[0]) + 1
+            n = max(min(n, vals.numel()), keep)
+            vals, ids = vals[:n], ids[:n]
+        if p.min_p > 0.0:
+            threshold = vals[0] + math.log(p.min_p)
+            n = max(int((vals >= threshold).sum()), keep)
+            vals, ids = vals[:n], ids[:n]
+        probs = torch.softmax(vals / p.temp, -1)
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        return int(ids[choice])
+
+
+def _typical(vals, ids, typical_p, keep):
+    probs = torch.softmax(vals, -1)
+    logp = torch.log_softmax(vals, -1)
+    entropy = -(probs * logp).sum()
+    shifted = (-logp - entropy).abs()
+    order = torch.argsort(shifted)
+    cum = torch.cumsum(probs[order], -1)
+    n = int((cum < typical_p).sum()) + 1
+    n = max(min(n, vals.numel()), keep)
+    chosen = order[:n]
+    vals, ids = vals[chosen], ids[chosen]
+    resort = torch.argsort(vals, descending=True)  # later stages expect descending logits
+    return vals[resort], ids[resort]
