@@ -1,0 +1,346 @@
+"""One class per supported HF architecture: which tensors to keep, how to rename and fix them,
+which hyper-parameters and vocabulary to write. Each follows the reference converter's model class.
+
+A model class only transforms tensors (`transform`) with torch ops that also work on the "meta"
+device, so the same code plans output shapes without reading a byte and later converts the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import gguf
+
+from llamatorch.core.errors import LlamatorchError
+
+from . import vocab
+from .hparams import architecture, find
+from .text_params import rope_parameters, write_text_params
+
+log = logging.getLogger("llamatorch.convert")
+
+REGISTRY: dict[str, type["TextArch"]] = {}
+
+
+def register(*names: str):
+    def deco(cls):
+        for n in names:
+            REGISTRY[n] = cls
+        return cls
+    return deco
+
+
+def model_class(hparams: dict[str, Any]) -> type["TextArch"]:
+    arch = architecture(hparams)
+    if arch not in REGISTRY:
+        raise LlamatorchError(f"unsupported architecture {arch!r}; supported: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[arch]
+
+
+class TextArch:
+    gguf_arch: gguf.MODEL_ARCH
+
+    def __init__(self, model_dir: Path, hparams: dict[str, Any]):
+        self.model_dir = model_dir
+        self.hf_arch = architecture(hparams)
+        if "text_config" in hparams:
+            hparams = {**hparams, **hparams["text_config"]}
+        self.hparams = hparams
+        self.block_count = int(find(hparams, ["n_layers", "num_hidden_layers", "n_layer", "num_layers"]))
+        self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
+        self.rope = rope_parameters(hparams)
+
+    @property
+    def arch_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    # -- tensors -----------------------------------------------------------------------------
+    def rename(self, name: str) -> str | None:
+        """The checkpoint name as the model class sees it, or None to skip the tensor."""
+        multimodal = ("mlp", "vit.", "vpm.", "siglip2.", "conformer.", "merger.", "resampler.",
+                      "sound_encoder.", "sound_projection.", "speech_embeddings.")
+        if name.startswith(multimodal) or any(s in name for s in (
+                "visual.", "vision.", "audio.", "talker.", "vision_", "audio_", "token2wav.", "code2wav.",
+                "projector.", "pre_mm_projector_norm", "image_newline", "view_seperator", "patch_embed",
+                "patch_embedding", "patch_merger.", "patch_merge_mlp.", "model.connector.")):
+            return None
+        if name.endswith("e_score_correction_bias"):
+            name = name.replace("e_score_correction_bias", "e_score_correction.bias")
+        return name.replace("language_model.", "")
+
+    def map_name(self, name: str) -> str:
+        new = self.tensor_map.get_name(key=name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise LlamatorchError(f"tensor {name!r} has no GGUF name for {self.arch_name} "
+                                  f"(layer count or architecture contradicts the config?)")
+        return new
+
+    def transform(self, name: str, t, bid: int | None) -> Iterator[tuple[str, Any]]:
+        yield self.map_name(name), t
+
+    def force_f32(self, new_name: str, bid: int | None) -> bool:
+        """Tensors the reference always keeps in F32 besides 1-D ones, norms and non-weights."""
+        keys = (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES)
+        arch_tensors = gguf.MODEL_TENSORS[self.gguf_arch]
+        for key in keys:
+            if key not in arch_tensors:
+                continue
+            tmpl = gguf.TENSOR_NAMES[key]
+            if ("{bid}" in tmpl) != (bid is not None):
+                continue
+            if new_name == tmpl.format(bid=bid) + ".weight":
+                return True
+        return False
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """GGUF tensor name (without block index) -> torch shape the config implies, for sanity checks."""
+        hp = self.hparams
+        n_embd = find(hp, ["hidden_size", "n_embd", "dim"], optional=True)
+        n_head = find(hp, ["num_attention_heads", "n_head", "n_heads"], optional=True)
+        if n_embd is None or n_head is None:
+            return {}
+        n_kv = find(hp, ["num_key_value_heads", "n_kv_heads"], optional=True) or n_head
+        head_dim = hp.get("head_dim") or n_embd // n_head
+        n_ff = hp.get("intermediate_size")
+        shapes = {"token_embd.weight": (hp.get("vocab_size"), n_embd), "output_norm.weight": (n_embd,),
+                  "attn_q.weight": (n_head * head_dim, n_embd), "attn_k.weight": (n_kv * head_dim, n_embd),
+                  "attn_v.weight": (n_kv * head_dim, n_embd), "attn_output.weight": (n_embd, n_head * head_dim)}
+        if n_ff:
+            shapes |= {"ffn_up.weight": (n_ff, n_embd), "ffn_gate.weight": (n_ff, n_embd),
+                       "ffn_down.weight": (n_embd, n_ff)}
+        return shapes
+
+    def required_tensors(self) -> list[str]:
+        """GGUF names that must be present (a checkpoint missing one is incomplete)."""
+        per_block = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_up", "ffn_down"]
+        names = ["token_embd.weight", "output_norm.weight"]
+        for b in range(self.block_count):
+            names += [f"blk.{b}.{n}.weight" for n in per_block]
+        return names
+
+    # -- metadata ----------------------------------------------------------------------------
+    def set_params(self, w: gguf.GGUFWriter, ftype: gguf.LlamaFileType) -> None:
+        write_text_params(w, self.hparams, self.rope, self.block_count, ftype)
+
+    def set_vocab(self, w: gguf.GGUFWriter) -> None:
+        vocab.write_gpt2(w, self.model_dir, self.hparams)
+
+    def pooling_type(self, w: gguf.GGUFWriter) -> None:
+        """sentence-transformers pooling (modules.json -> N_Pooling/config.json), as the reference reads it."""
+        modules = self.model_dir / "modules.json"
+        if not modules.is_file():
+            return
+        path = next((m["path"] for m in json.loads(modules.read_text(encoding="utf-8"))
+                     if m["type"].endswith("Pooling")), None)
+        if path is None:
+            return
+        cfg = json.loads((self.model_dir / path / "config.json").read_text(encoding="utf-8"))
+        modes = {"mean": gguf.PoolingType.MEAN, "cls": gguf.PoolingType.CLS, "lasttoken": gguf.PoolingType.LAST}
+        if cfg.get("pooling_mode_mean_tokens"):
+            kind = gguf.PoolingType.MEAN
+        elif cfg.get("pooling_mode_cls_token"):
+            kind = gguf.PoolingType.CLS
+        elif cfg.get("pooling_mode_lasttoken"):
+            kind = gguf.PoolingType.LAST
+        elif cfg.get("pooling_mode") in modes:
+            kind = modes[cfg["pooling_mode"]]
+        else:
+            raise LlamatorchError("only MEAN, CLS and LAST pooling are supported")
+        w.add_pooling_type(kind)
+
+
+@register("LlamaForCausalLM")
+class Llama(TextArch):
+    gguf_arch = gguf.MODEL_ARCH.LLAMA
+
+    @staticmethod
+    def permute(t, n_head: int, n_head_kv: int | None):
+        # HF stores Q/K rows for NeoX-style RoPE (halves); llama.cpp's llama rotates adjacent pairs
+        if n_head_kv is not None and n_head != n_head_kv:
+            n_head = n_head_kv
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    def transform(self, name, t, bid):
+        n_head = find(self.hparams, ["n_heads", "num_attention_heads"])
+        n_kv = find(self.hparams, ["n_kv_heads", "num_key_value_heads"])
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
+            t = self.permute(t, n_head, n_head)
+        if name.endswith(("k_proj.weight", "k_proj.bias")):
+            t = self.permute(t, n_head, n_kv)
+        yield from super().transform(name, t, bid)
+
+    def set_params(self, w, ftype):
+        super().set_params(w, ftype)
+        hp = self.hparams
+        w.add_vocab_size(hp["vocab_size"])
+        rope_dim = hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"]
+        w.add_rope_dimension_count(rope_dim)
+
+    def set_vocab(self, w):
+        cfg_file = self.model_dir / "tokenizer_config.json"
+        if cfg_file.is_file():
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            if (v := cfg.get("add_prefix_space")) is not None:
+                w.add_add_space_prefix(v)
+        if (self.model_dir / "tokenizer.model").is_file():
+            vocab.write_sentencepiece(w, self.model_dir, self.hparams.get("vocab_size"))
+        else:
+            tok_json = self.model_dir / "tokenizer.json"
+            if tok_json.is_file():
+                model = json.loads(tok_json.read_text(encoding="utf-8")).get("model", {})
+                if model.get("type") == "BPE" and model.get("byte_fallback") and not model.get("ignore_merges"):
+                    raise LlamatorchError("Llama-2-style BPE tokenizer.json (byte fallback) is not supported yet")
+            vocab.write_gpt2(w, self.model_dir, self.hparams)
+        if self.hparams.get("vocab_size", 32000) == 49152:
+            w.add_add_bos_token(False)  # granite-small/SmolLM vocab: the reference forces this
+
+
+@register("Qwen2ForCausalLM")
+class Qwen2(TextArch):
+    gguf_arch = gguf.MODEL_ARCH.QWEN2
+
+    def set_params(self, w, ftype):
+        super().set_params(w, ftype)
+        self.pooling_type(w)
+
+    def set_vocab(self, w):
+        if (self.model_dir / "tokenizer.model").is_file():
+            vocab.write_sentencepiece(w, self.model_dir, self.hparams.get("vocab_size"))
+        else:
+            vocab.write_gpt2(w, self.model_dir, self.hparams)
+
+
+@register("Qwen3ForCausalLM")
+class Qwen3(Qwen2):
+    gguf_arch = gguf.MODEL_ARCH.QWEN3
+
+    def __init__(self, model_dir, hparams):
+        super().__init__(model_dir, hparams)
+        # the reference converts Qwen3 rerankers differently; we do not
+        hints = [model_dir.name, str(self.hparams.get("_name_or_path", ""))]
+        readme = model_dir / "README.md"
+        text = readme.read_text(encoding="utf-8", errors="replace").lower() if readme.is_file() else ""
+        if "# qwen3-reranker" in text or any("reranker" in h.lower() for h in hints):
+            raise LlamatorchError("Qwen3 reranker checkpoints are not supported")
+
+    def required_tensors(self):
+        return super().required_tensors() + [f"blk.{b}.{n}_norm.weight" for b in range(self.block_count)
+                                              for n in ("attn_q", "attn_k")]
+
+
+@register("Gemma3ForCausalLM")
+class Gemma3(TextArch):
+    gguf_arch = gguf.MODEL_ARCH.GEMMA3
+
+    def _n_vocab_real(self) -> int:
+        if (self.model_dir / "tokenizer.model").is_file():
+            return len(vocab.sentencepiece_vocab(self.model_dir, self._spm_vocab_size())[0])
+        tj = json.loads((self.model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        return len(tj["model"]["vocab"]) + len(tj["added_tokens"])
+
+    def _spm_vocab_size(self):
+        return find(self.hparams, ["vocab_size_per_layer_input", "vocab_size"], optional=True)
+
+    def transform(self, name, t, bid):
+        if "embed_tokens.weight" in name:
+            # drop the out-of-vocabulary padding rows of the embedding
+            if not hasattr(self, "_vocab_rows"):
+                self._vocab_rows = self._n_vocab_real()
+            t = t[: self._vocab_rows]
+        if name.endswith("norm.weight"):
+            t = t + 1.0  # Gemma3RMSNorm computes x * (1 + w); llama.cpp wants the plain factor
+        yield from super().transform(name, t, bid)
+
+    def set_params(self, w, ftype):
+        super().set_params(w, ftype)
+        hp = self.hparams
+        w.add_context_length(hp.get("max_position_embeddings", 131072))
+        w.add_head_count(hp.get("num_attention_heads", 8))
+        w.add_layer_norm_rms_eps(hp.get("rms_norm_eps", 1e-6))
+        w.add_key_length(hp.get("head_dim", 256))
+        w.add_value_length(hp.get("head_dim", 256))
+        w.add_rope_freq_base(self.rope.get("full_attention", self.rope).get("rope_theta", 1_000_000.0))
+        if hp.get("attn_logit_softcapping") is not None:
+            raise LlamatorchError("Gemma 3 config sets attn_logit_softcapping, which Gemma 3 does not have")
+        if softcap := hp.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(softcap)
+        if hp.get("sliding_window_pattern") != 1:
+            w.add_sliding_window(hp["sliding_window"])
+        w.add_head_count_kv(hp.get("num_key_value_heads", 4))
+
+    def set_vocab(self, w):
+        if (self.model_dir / "tokenizer.model").is_file():
+            vocab.write_sentencepiece(w, self.model_dir, self._spm_vocab_size())
+            w.add_add_space_prefix(False)
+        else:
+            vocab.write_gpt2(w, self.model_dir, self.hparams)
+
+    def rename(self, name):
+        return super().rename(name)
+
+    def expected_shapes(self):
+        shapes = super().expected_shapes()
+        shapes.pop("token_embd.weight", None)  # rows are cut to the real vocabulary
+        return shapes
+
+    def required_tensors(self):
+        extra = ["post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"]
+        return super().required_tensors() + [f"blk.{b}.{n}.weight" for b in range(self.block_count) for n in extra]
+
+
+@register("BertModel")
+class Bert(TextArch):
+    gguf_arch = gguf.MODEL_ARCH.BERT
+
+    def __init__(self, model_dir, hparams):
+        super().__init__(model_dir, hparams)
+        labels = self.hparams.get("id2label")
+        if labels and len(labels) == 2 and labels.get(0, labels.get("0")) == "LABEL_0":
+            labels = None  # AutoConfig's dummy labels
+        self.cls_labels = labels
+
+    def rename(self, name):
+        if name.startswith("bert."):
+            name = name[5:]
+        if name.endswith(".gamma"):
+            name = name[:-6] + ".weight"
+        if name.endswith(".beta"):
+            name = name[:-5] + ".bias"
+        # only embeddings are used: no pooler, no masked-LM or NSP heads
+        if name in ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"):
+            return None
+        if name.startswith(("cls.predictions", "cls.seq_relationship")):
+            return None
+        return super().rename(name)
+
+    def transform(self, name, t, bid):
+        if self.cls_labels and name in ("classifier.weight", "classifier.bias"):
+            name = name.replace("classifier.", "classifier.out_proj.")
+        yield from super().transform(name, t, bid)
+
+    def set_params(self, w, ftype):
+        super().set_params(w, ftype)
+        w.add_causal_attention(False)
+        self.pooling_type(w)
+        if self.cls_labels:
+            w.add_classifier_output_labels([v for _, v in sorted(self.cls_labels.items())])
+
+    def set_vocab(self, w):
+        vocab.write_bert(w, self.model_dir, self.hparams)
+
+    def expected_shapes(self):
+        shapes = super().expected_shapes()
+        shapes.pop("ffn_gate.weight", None)
+        shapes.pop("output_norm.weight", None)
+        return shapes
+
+    def required_tensors(self):
+        per_block = ["attn_q", "attn_k", "attn_v", "attn_output", "attn_output_norm", "ffn_up", "ffn_down",
+                     "layer_output_norm"]
+        names = ["token_embd.weight", "token_embd_norm.weight", "position_embd.weight"]
+        for b in range(self.block_count):
+            names += [f"blk.{b}.{n}.weight" for n in per_block]
+        return names

@@ -1,0 +1,77 @@
+"""HF checkpoint folder -> GGUF, in the reference converter's order of operations:
+tensor plan, `general.*` metadata, hyper-parameters, vocabulary, then the data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from llamatorch.core.errors import LlamatorchError
+
+from .archs import model_class
+from .checkpoint import index_checkpoint
+from .hparams import load_hparams
+from .metadata import OUTTYPES, load_metadata, output_path
+from .plan import PlannedTensor, guess_ftype, make_plan
+from .writer import file_size, write_file
+
+log = logging.getLogger("llamatorch.convert")
+
+
+@dataclass
+class Result:
+    path: Path
+    size: int
+    ftype: gguf.LlamaFileType
+    plan: list[PlannedTensor]
+    written: bool
+
+
+def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto", vocab_only: bool = False,
+            dry_run: bool = False, model_name: str | None = None, progress: bool = True) -> Result:
+    if outtype not in OUTTYPES:
+        raise LlamatorchError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
+    if not model_dir.is_dir():
+        raise LlamatorchError(f"{model_dir} is not a directory")
+    hparams = load_hparams(model_dir)
+    cls = model_class(hparams)
+    arch = cls(model_dir, hparams)
+    refs = index_checkpoint(model_dir) if not vocab_only or OUTTYPES[outtype] == gguf.LlamaFileType.GUESSED else {}
+    ftype = OUTTYPES[outtype]
+    if ftype == gguf.LlamaFileType.GUESSED:
+        ftype = guess_ftype(refs)
+
+    w = gguf.GGUFWriter(path=None, arch=arch.arch_name)
+    plan: list[PlannedTensor] = []
+    if not vocab_only:
+        plan = make_plan(arch, refs, ftype)
+        for p in plan:
+            w.add_tensor_info(p.name, p.shape, _np_dtype(), p.nbytes, raw_dtype=p.qtype)
+
+    total, shared, expert, n_expert = w.get_total_parameter_count()
+    meta = load_metadata(model_dir, model_name, total)
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    w.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(w)
+    arch.set_params(w, ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    out = output_path(outfile, model_dir, meta, ftype, total, vocab_only)
+    arch.set_vocab(w)
+
+    if dry_run:
+        return Result(out, file_size(w, plan), ftype, plan, written=False)
+    if not out.parent.is_dir():
+        raise LlamatorchError(f"output folder {out.parent} does not exist")
+    size = write_file(w, arch, plan, out, progress=progress)
+    return Result(out, size, ftype, plan, written=True)
+
+
+def _np_dtype():
+    import numpy as np
+
+    # any non-uint8 dtype: with raw_dtype given, the writer keeps the logical shape as is
+    return np.dtype(np.float32)
