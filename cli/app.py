@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "generate",  # cli
     "bench",
     "download",
+    "convert",
 ]
 
 app = typer.Typer(
