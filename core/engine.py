@@ -151,6 +151,7 @@ class Engine:
         step = Step(
             tokens=torch.from_numpy(tokens).to(dev),
             positions=torch.from_numpy(positions).to(dev),
+            valid=torch.from_numpy(valid).to(dev),
             rows=torch.from_numpy(rows).to(dev),
             write_pos=torch.from_numpy(write_pos).to(dev),
             mask=torch.from_numpy(mask[:, None]).to(dev),
@@ -163,14 +164,18 @@ class Engine:
         return step, out_index
 
     @torch.inference_mode()
-    def decode(self, batch: Batch) -> torch.Tensor:
-        """Evaluate a batch; returns float32 logits [n_flagged, n_vocab] in batch order."""
+    def decode(self, batch: Batch, embeddings: bool = False) -> torch.Tensor:
+        """Evaluate a batch; returns float32 rows for the flagged tokens, in batch order.
+
+        Rows are logits [n, n_vocab], or with embeddings=True the final hidden states [n, n_embd]
+        (after the output norm, what llama.cpp pools for embeddings).
+        """
         step, out_index = self._layout(batch)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
-            self.model.forward(step, self.cache, out_index)
+            self.model.forward(step, self.cache, out_index, hidden=embeddings)
             return torch.empty(0, self.n_vocab)
-        return self.model.forward(step, self.cache, out_index)
+        return self.model.forward(step, self.cache, out_index, hidden=embeddings)
 
     def weight_bytes_per_token(self) -> int:
         return self.model.weight_bytes_per_token()

@@ -14,12 +14,15 @@ from ..kv_cache import KVCache
 class Step:
     """One forward's batch layout (built by the engine), shared by every layer.
 
-    tokens/positions: [B, T]; rows: [B] cache rows; write_pos: [B, T] cells written (padding -> trash
-    cell); mask: [B, 1, T, S] True where a query may attend a key; S = cells visible this step.
+    tokens/positions: [B, T]; valid: [B, T] False for padding; rows: [B] cache rows; write_pos: [B, T]
+    cells written (padding -> trash cell); mask: [B, 1, T, S] causal, True where a query may attend a
+    key; S = cells visible this step.  Models with other attention patterns (sliding windows,
+    bidirectional encoders) derive their own masks from positions/valid.
     """
 
     tokens: torch.Tensor
     positions: torch.Tensor
+    valid: torch.Tensor
     rows: torch.Tensor
     write_pos: torch.Tensor
     mask: torch.Tensor

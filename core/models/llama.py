@@ -112,8 +112,9 @@ class LlamaModel:
         p = self.params
         self.rope_cos, self.rope_sin = rope_tables(n_ctx + 1, p.n_rot, p.rope_base, self.device, p.rope_scale)
 
-    def forward(self, step: Step, cache, out_index: torch.Tensor | None) -> torch.Tensor:
-        """Run the batch; return logits [n_out, n_vocab] for the flattened token indices in out_index."""
+    def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
+        """Run the batch; return logits [n_out, n_vocab] (or normed hidden states [n_out, n_embd] when
+        `hidden`) for the flattened token indices in out_index (None: all)."""
         p = self.params
         B, T = step.tokens.shape
         x = self.tok_embd[step.tokens]  # [B, T, D]
@@ -135,7 +136,7 @@ class LlamaModel:
         if out_index is not None:
             x = x[out_index]
         x = rms_norm(x, self.out_norm, p.rms_eps)
-        return self.output(x).float()
+        return x.float() if hidden else self.output(x).float()
 
     def weight_bytes_per_token(self) -> int:
         n = sum(l.qkv.nbytes_decode + l.wo.nbytes_decode + l.gate_up.nbytes_decode + l.down.nbytes_decode

@@ -1,0 +1,102 @@
+"""The llama graph against transformers on a tiny random model, and the engine's batch semantics."""
+
+import pytest
+import torch
+
+from helpers.tiny_llama import hf_llama, tiny_llama_config, write_llama_gguf
+from llamatorch.core.engine import Batch, Engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = hf_llama(tiny_llama_config())
+    path = write_llama_gguf(model, tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def untied(tmp_path_factory):
+    model = hf_llama(tiny_llama_config(tie_word_embeddings=False, num_key_value_heads=4), seed=1)
+    path = write_llama_gguf(model, tmp_path_factory.mktemp("untied") / "untied.gguf")
+    return model, path
+
+
+def _tokens(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("which", ["tiny", "untied"])
+def test_prefill_logits_match_transformers(which, request):
+    model, path = request.getfixturevalue(which)
+    engine = Engine(path, n_ctx=64, dtype="f32", threads=1)
+    toks = _tokens(24)
+    ours = engine.decode(Batch.sequence(toks, all_logits=True))
+    ref = model(torch.tensor([toks])).logits[0].detach()
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_step_by_step_decode_matches_prefill(tiny):
+    model, path = tiny
+    engine = Engine(path, n_ctx=64, dtype="f32", threads=1)
+    toks = _tokens(20, seed=3)
+    ref = model(torch.tensor([toks])).logits[0].detach()
+    rows = [engine.decode(Batch.sequence(toks[:8], all_logits=True))]
+    for i in range(8, 20):
+        rows.append(engine.decode(Batch.sequence([toks[i]], start=i)))
+    assert (torch.cat(rows) - ref).abs().max().item() <= 1e-4
+
+
+def test_multi_sequence_batch_equals_separate_runs(tiny):
+    """A ragged batch of three sequences in one forward gives each sequence's own logits."""
+    model, path = tiny
+    engine = Engine(path, n_ctx=64, n_seq=3, dtype="f32", threads=1)
+    seqs = [_tokens(n, seed=n) for n in (5, 9, 2)]
+    batch = Batch()
+    for s, toks in enumerate(seqs):
+        for i, t in enumerate(toks):
+            batch.add(t, i, seq=s, logits=(i == len(toks) - 1))
+    out = engine.decode(batch)
+    for s, toks in enumerate(seqs):
+        ref = model(torch.tensor([toks])).logits[0, -1].detach()
+        assert (out[s] - ref).abs().max().item() <= 1e-4
+    # then one decode step for all three together, each at its own position
+    nxt = Batch()
+    for s, toks in enumerate(seqs):
+        nxt.add(7, len(toks), seq=s, logits=True)
+    out = engine.decode(nxt)
+    for s, toks in enumerate(seqs):
+        ref = model(torch.tensor([toks + [7]])).logits[0, -1].detach()
+        assert (out[s] - ref).abs().max().item() <= 1e-4
+
+
+def test_kv_cache_copy_and_truncate(tiny):
+    model, path = tiny
+    engine = Engine(path, n_ctx=64, n_seq=2, dtype="f32", threads=1)
+    toks = _tokens(10, seed=5)
+    engine.decode(Batch.sequence(toks, seq=0))
+    engine.cache.copy(0, 1, 6)  # seq 1 shares the first 6 positions
+    out = engine.decode(Batch.sequence([11, 12], start=6, seq=1, all_logits=True))
+    ref = model(torch.tensor([toks[:6] + [11, 12]])).logits[0, -2:].detach()
+    assert (out - ref).abs().max().item() <= 1e-4
+    engine.cache.truncate(0, 4)
+    assert engine.cache.seq_len[0] == 4
+    out = engine.decode(Batch.sequence([42], start=4, seq=0))
+    ref = model(torch.tensor([toks[:4] + [42]])).logits[0, -1].detach()
+    assert (out[0] - ref).abs().max().item() <= 1e-4
+
+
+def test_bf16_fast_path_close_to_f32(tiny):
+    model, path = tiny
+    toks = _tokens(16, seed=9)
+    exact = Engine(path, n_ctx=64, dtype="f32", threads=1).decode(Batch.sequence(toks, all_logits=True))
+    fast = Engine(path, n_ctx=64, dtype="bf16", threads=1).decode(Batch.sequence(toks, all_logits=True))
+    assert (fast - exact).abs().max().item() < 0.05 * exact.abs().max().item()
+
+
+def test_position_outside_context_is_an_error(tiny):
+    from llamatorch.core.errors import LlamatorchError
+
+    engine = Engine(tiny[1], n_ctx=8, dtype="f32", threads=1)
+    with pytest.raises(LlamatorchError, match="outside the context"):
+        engine.decode(Batch.sequence(_tokens(9)))
