@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "bench",
     "download",
     "convert",
+    "quantize",
 ]
 
 app = typer.Typer(
