@@ -17,6 +17,7 @@ from llamatorch.core.errors import LlamatorchError
 COMMAND_MODULES = [
     "generate",  # cli
     "bench",
+    "tokenize",
     "download",
     "convert",
     "quantize",

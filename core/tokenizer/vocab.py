@@ -98,7 +98,7 @@ class Vocab:
     @property
     def token_to_id(self) -> dict[str, int]:
         if self._token_to_id is None:  # built on first use: a 262k dict costs ~30 ms
-            self._token_to_id = {t: i for i, t in enumerate(self.tokens)}
+            self._token_to_id = dict(zip(self.tokens, range(len(self.tokens))))  # duplicates: last wins
         return self._token_to_id
 
     def attr(self, token_id: int) -> int:
@@ -115,7 +115,8 @@ class Vocab:
         tokens = md.get(KEY + "tokens")
         if not isinstance(tokens, list) or not tokens:
             raise LlamatorchError("cannot find tokenizer vocab in model file (tokenizer.ggml.tokens)")
-        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        if "" in tokens:  # llama.cpp renames empty tokens
+            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(tokens)
 
         merges = None
