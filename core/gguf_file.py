@@ -262,14 +262,15 @@ class GGUFFile:
         return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def close(self) -> None:
-        self._buf.release()
-        self._mm.close()
+        """Unmap now if nothing else holds a view (metadata arrays and tensor views keep it alive)."""
+        try:
+            self._buf.release()
+            self._mm.close()
+        except BufferError:
+            pass  # views are still alive: the mapping is released with the last of them
 
     def __enter__(self) -> "GGUFFile":
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.close()
-        except BufferError:
-            pass  # views still alive; the mapping goes with them
+        self.close()

@@ -15,7 +15,7 @@ import torch
 def tiny_llama_config(**over):
     from transformers import LlamaConfig
 
-    cfg = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
     cfg.update(over)
@@ -32,6 +32,20 @@ def hf_llama(config, seed: int = 0):
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
     return model
+
+
+def byte_level_vocab(n: int) -> list[str]:
+    """GPT-2's byte-to-unicode alphabet (every text tokenizes, byte by byte), padded to n tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    chars = [chr(c) for _, c in sorted(zip(bs, cs))]
+    return (chars + ["ĠĠ"] + [f"<extra_{i}>" for i in range(n - 257)])[:n]
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -53,9 +67,14 @@ def write_llama_gguf(model, path: Path, vocab_tokens: list[str] | None = None) -
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_tokenizer_model("gpt2")
-    tokens = vocab_tokens or [f"<t{i}>" for i in range(cfg.vocab_size)]
+    w.add_tokenizer_pre("gpt-2")
+    tokens = vocab_tokens or byte_level_vocab(cfg.vocab_size)
     w.add_token_list(tokens)
     w.add_token_types([1] * len(tokens))
+    w.add_token_merges(["Ġ Ġ"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_add_bos_token(False)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
