@@ -12,9 +12,31 @@ def _llama():
     return LlamaModel
 
 
+def _qwen():
+    from .qwen import QwenModel
+
+    return QwenModel
+
+
+def _gemma3():
+    from .gemma3 import Gemma3Model
+
+    return Gemma3Model
+
+
+def _bert():
+    from .bert import BertModel
+
+    return BertModel
+
+
 # architecture -> factory returning the model class (imported lazily)
 ARCHITECTURES = {
+    "bert": _bert,
     "llama": _llama,
+    "qwen2": _qwen,
+    "qwen3": _qwen,
+    "gemma3": _gemma3,
 }
 
 

@@ -92,13 +92,14 @@ class LlamaLayer:
 
 class LlamaModel:
     rope_neox = False
+    layer_class = LlamaLayer  # families with extra per-layer tensors subclass both
 
     def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device):
         self.params = p = LlamaParams.from_gguf(f)
         self.dtype, self.device = dtype, device
         emb_ref = check_shape(f, "token_embd.weight", (p.n_vocab, p.n_embd))
         self.tok_embd = emb_ref.dequantize(device, dtype)
-        self.layers = [LlamaLayer(f, p, il, dtype, device) for il in range(p.n_layer)]
+        self.layers = [self.layer_class(f, p, il, dtype, device) for il in range(p.n_layer)]
         self.out_norm = check_shape(f, "output_norm.weight", (p.n_embd,)).dequantize(device)
         if "output.weight" in f.tensors:
             self.output = Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], dtype, device)
@@ -132,10 +133,14 @@ class LlamaModel:
             h = rms_norm(x, L.ffn_norm, p.rms_eps)
             g, u = L.gate_up.split(L.gate_up(h))
             x = x + L.down(F.silu(g) * u)
-        x = x.reshape(B * T, -1)
+        return self.head(x, out_index, hidden)
+
+    def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
+        """x: [B, T, D] -> the output norm (and output matrix) on the rows in out_index."""
+        x = x.reshape(-1, x.shape[-1])
         if out_index is not None:
             x = x[out_index]
-        x = rms_norm(x, self.out_norm, p.rms_eps)
+        x = rms_norm(x, self.out_norm, self.params.rms_eps)
         return x.float() if hidden else self.output(x).float()
 
     def weight_bytes_per_token(self) -> int:

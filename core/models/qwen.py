@@ -1,0 +1,108 @@
+"""Qwen 2 and Qwen 3, following llama.cpp's qwen2/qwen3 graphs.
+
+Both are the llama layout with NeoX RoPE (the converter does not permute Q/K for them).  Qwen 2 adds
+biases to Q/K/V (and optionally to the output matrix); Qwen 3 has no biases but RMS-normalises each
+head of Q and K before RoPE (QK-norm), and its head_dim may differ from n_embd / n_head.
+
+`QwenModel.forward` is split into hooks (embed, layer_inputs, block, attention, ffn) so that Gemma 3
+reuses the attention (QK-norm + NeoX RoPE) and overrides only what differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..gguf_file import GGUFFile
+from .common import Step, apply_rope, attend, rms_norm
+from .llama import LlamaLayer, LlamaModel, check_shape
+from .outputs import tied_output
+
+
+class QwenLayer(LlamaLayer):
+    """A llama layer plus the optional tensors of the Qwen family: QKV biases and QK-norm weights."""
+
+    def __init__(self, f: GGUFFile, p, il: int, dtype, device):
+        super().__init__(f, p, il, dtype, device)
+        pre = f"blk.{il}."
+        qd, kvd = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        biases = [("attn_q.bias", qd), ("attn_k.bias", kvd), ("attn_v.bias", kvd)]
+        present = [pre + n in f.tensors for n, _ in biases]
+        self.qkv_bias = None
+        if any(present):  # Qwen 2 has all three; fill absent ones with zeros to keep one fused add
+            self.qkv_bias = torch.cat([
+                check_shape(f, pre + n, (size,)).dequantize(device, dtype) if ok
+                else torch.zeros(size, dtype=dtype, device=device)
+                for (n, size), ok in zip(biases, present)
+            ])
+        self.q_norm = self.k_norm = None
+        if pre + "attn_q_norm.weight" in f.tensors:  # Qwen 3 (and Gemma 3)
+            self.q_norm = check_shape(f, pre + "attn_q_norm.weight", (p.head_dim,)).dequantize(device)
+            self.k_norm = check_shape(f, pre + "attn_k_norm.weight", (p.head_dim,)).dequantize(device)
+
+
+class QwenModel(LlamaModel):
+    rope_neox = True
+    layer_class = QwenLayer
+
+    def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device):
+        super().__init__(f, dtype, device)
+        p = self.params
+        self.attn_scale = 1.0 / math.sqrt(p.head_dim)
+        if "output.weight" not in f.tensors:  # tied, and 151k-262k rows: keep decoding's product cheap
+            self.output = tied_output(self.tok_embd, dtype, device)
+        self.output_bias = None
+        if "output.bias" in f.tensors:
+            self.output_bias = check_shape(f, "output.bias", (p.n_vocab,)).dequantize(device)
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok_embd[tokens]  # [B, T, D]
+
+    def layer_inputs(self, step: Step) -> list[tuple]:
+        """Per layer: (cos, sin, mask) for attention.  One RoPE table and the causal mask for all."""
+        cos = self.rope_cos[step.positions][:, None]  # [B, 1, T, n_rot/2]
+        sin = self.rope_sin[step.positions][:, None]
+        return [(cos, sin, None)] * len(self.layers)
+
+    def attention(self, L: QwenLayer, il: int, h: torch.Tensor, cache, step: Step, cos, sin, mask) -> torch.Tensor:
+        p = self.params
+        B, T, _ = h.shape
+        y = L.qkv(h)
+        if L.qkv_bias is not None:
+            y = y + L.qkv_bias
+        q, k, v = L.qkv.split(y)
+        q = q.view(B, T, p.n_head, p.head_dim)
+        k = k.view(B, T, p.n_head_kv, p.head_dim)
+        if L.q_norm is not None:
+            q = rms_norm(q, L.q_norm, p.rms_eps)
+            k = rms_norm(k, L.k_norm, p.rms_eps)
+        q = apply_rope(q.transpose(1, 2), cos, sin, neox=True)
+        k = apply_rope(k.transpose(1, 2), cos, sin, neox=True)
+        v = v.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2)
+        return L.wo(attend(q, k, v, cache, il, step, self.attn_scale, mask))
+
+    def activation(self, g: torch.Tensor) -> torch.Tensor:
+        return F.silu(g)
+
+    def ffn(self, L: QwenLayer, h: torch.Tensor) -> torch.Tensor:
+        g, u = L.gate_up.split(L.gate_up(h))
+        return L.down(self.activation(g) * u)
+
+    def block(self, il: int, L: QwenLayer, x: torch.Tensor, cache, step: Step, inputs: tuple) -> torch.Tensor:
+        eps = self.params.rms_eps
+        x = x + self.attention(L, il, rms_norm(x, L.attn_norm, eps), cache, step, *inputs)
+        return x + self.ffn(L, rms_norm(x, L.ffn_norm, eps))
+
+    # ---- the graph -----------------------------------------------------------------------------
+    def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
+        x = self.embed(step.tokens)
+        for il, (L, inputs) in enumerate(zip(self.layers, self.layer_inputs(step))):
+            x = self.block(il, L, x, cache, step, inputs)
+        return self.head(x, out_index, hidden)
+
+    def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
+        out = super().head(x, out_index, hidden)
+        return out + self.output_bias if self.output_bias is not None and not hidden else out
