@@ -44,6 +44,8 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
     if ftype == gguf.LlamaFileType.GUESSED:
         ftype = guess_ftype(refs)
 
+    # the reference overwrites some keys on purpose (e.g. Gemma 3's defaults); gguf warns on each
+    logging.getLogger("gguf.gguf_writer").setLevel(logging.ERROR)
     w = gguf.GGUFWriter(path=None, arch=arch.arch_name)
     plan: list[PlannedTensor] = []
     if not vocab_only:

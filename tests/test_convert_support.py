@@ -1,0 +1,212 @@
+"""Support for the converter tests and bench (no tests here): random-weight HF checkpoints built with
+transformers, and llama.cpp's own convert_hf_to_gguf.py as an oracle.
+
+The oracle is the converter inside the PyPI sdist `llama-cpp-python==0.3.36` (the version the
+reference files were made with), fetched once with pip into the cache and run in a subprocess with
+its own gguf-py on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ORACLE_SDIST = "llama-cpp-python==0.3.36"
+_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+NAMING_KEYS = {"general.name", "general.basename", "general.version", "general.finetune"}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LLAMATORCH_CACHE")
+    return Path(base) if base else Path.home() / ".cache" / "llamatorch"
+
+
+# -- the oracle ----------------------------------------------------------------------------------
+def oracle_dir() -> Path:
+    """Folder with the reference convert_hf_to_gguf.py, conversion/ and gguf-py (fetched once)."""
+    root = cache_root() / "oracle" / "llama-cpp-python-0.3.36"
+    script = root / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return root
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "--quiet", ORACLE_SDIST, "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("*.tar.gz"))
+        staged = root.with_name(root.name + ".partial")
+        shutil.rmtree(staged, ignore_errors=True)
+        with tarfile.open(sdist) as tar:
+            for m in tar.getmembers():
+                rel = m.name[len(_PREFIX):] if m.name.startswith(_PREFIX) else None
+                if rel and (rel == "convert_hf_to_gguf.py" or rel.startswith(("conversion/", "gguf-py/"))) \
+                        and (m.isfile() or m.isdir()):
+                    m.name = rel
+                    tar.extract(m, staged, filter="data")
+        if root.exists():
+            shutil.rmtree(root)
+        staged.rename(root)
+    return root
+
+
+def oracle_cmd(model_dir: Path, outtype: str, outfile: Path, *extra: str) -> tuple[list[str], dict]:
+    root = oracle_dir()
+    env = dict(os.environ, PYTHONPATH=str(root / "gguf-py"), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
+           "--outfile", str(outfile), *extra]
+    return cmd, env
+
+
+_DRIVER = """
+import json, runpy, sys
+root, jobs = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, root)
+main = runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="oracle")["main"]
+for model_dir, outtype, outfile, *extra in jobs:
+    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", outfile, *extra]
+    main()
+"""
+
+
+def run_oracles(jobs: list[tuple]) -> None:
+    """Run reference conversions in one Python process (its torch/transformers imports paid once)."""
+    root = oracle_dir()
+    env = dict(os.environ, PYTHONPATH=str(root / "gguf-py"), PYTHONWARNINGS="ignore")
+    spec = json.dumps([[str(d), t, str(o), *extra] for d, t, o, *extra in jobs])
+    p = subprocess.run([sys.executable, "-c", _DRIVER, str(root), spec], env=env, capture_output=True,
+                       text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"reference converter failed:\n{(p.stdout + p.stderr)[-3000:]}")
+
+
+# -- comparing GGUF files --------------------------------------------------------------------------
+def gguf_differences(ours: Path, ref: Path, ignore: set[str] = NAMING_KEYS) -> list[str]:
+    """Human-readable differences in metadata (type and value) and tensors (name, type, shape, bytes)."""
+    import gguf
+    import numpy as np
+
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(ref)
+    out = []
+
+    def fields(r):
+        return {k: f for k, f in r.fields.items() if k not in ignore and not k.startswith("GGUF.")}
+
+    fa, fb = fields(a), fields(b)
+    for k in sorted(set(fa) | set(fb)):
+        if k not in fa or k not in fb:
+            out.append(f"key {k}: only in {'ours' if k in fa else 'reference'}")
+            continue
+        if fa[k].types != fb[k].types or fa[k].contents() != fb[k].contents():
+            out.append(f"key {k}: {str(fa[k].contents())[:80]!r} ({fa[k].types}) != "
+                       f"{str(fb[k].contents())[:80]!r} ({fb[k].types})")
+    if [k for k in fa] != [k for k in fb if k in fa]:
+        out.append("metadata key order differs")
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    if list(ta) != list(tb):
+        out.append(f"tensor names/order differ: {list(ta)[:6]} vs {list(tb)[:6]}")
+    for name in ta.keys() & tb.keys():
+        x, y = ta[name], tb[name]
+        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
+            out.append(f"tensor {name}: {x.tensor_type.name}{list(x.shape)} != {y.tensor_type.name}{list(y.shape)}")
+        elif not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
+            out.append(f"tensor {name}: bytes differ")
+    return out
+
+
+# -- random-weight checkpoints ------------------------------------------------------------------------
+def _save(model, folder: Path, dtype, shard: str | None = None) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)  # wide spread: many values hit f16/bf16/q8_0 rounding cases
+    model = model.to(dtype)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(folder, **kwargs)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+
+
+def build_smollm2(folder: Path, ref_cfg: Path, layers: int | None = 2, shard: str | None = None) -> Path:
+    """SmolLM2-135M's config (optionally fewer layers), random bf16 weights, its real tokenizer."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = AutoConfig.from_pretrained(ref_cfg)
+    if layers is not None:
+        cfg.num_hidden_layers = layers
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(cfg)
+    _save(model, folder, torch.bfloat16, shard)
+    _copy_tokenizer(ref_cfg, folder)
+    return folder
+
+
+def build_qwen(folder: Path, version: int) -> Path:
+    """A tiny Qwen2 (q/k/v biases) or Qwen3 (QK-norm, head_dim != hidden/heads) with a SentencePiece
+    tokenizer.model. (transformers 5 forces Qwen2Tokenizer's regex onto any tokenizer.json in a qwen
+    folder, so SmolLM2's BPE files hash to no known pre-tokenizer there, for the reference too.)"""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    common = dict(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=version == 3, bos_token_id=2, eos_token_id=1)
+    if version == 2:
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=32, **common))
+    _save(model, folder, torch.float32)
+    _write_tokenizer_config(folder)
+    return folder
+
+
+def _write_tokenizer_config(folder: Path) -> None:
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    }))
+
+
+def _train_spm(folder: Path, vocab_size: int) -> None:
+    import sentencepiece as spm
+
+    text = folder / "corpus.txt"
+    words = ("the quick brown fox jumps over the lazy dog while a tiny model learns to convert weights "
+             "into files that llama and torch both read ").split()
+    text.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(400)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, bos_id=2, eos_id=1, pad_id=0, unk_id=3,
+                                   user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+                                   minloglevel=2)
+    text.unlink()
+    (folder / "tokenizer.vocab").unlink()
+
+
+def build_gemma3(folder: Path) -> Path:
+    """A tiny Gemma3ForCausalLM with a freshly trained SentencePiece tokenizer.model."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    cfg = Gemma3TextConfig(vocab_size=416, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+                           sliding_window=128, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg.architectures = ["Gemma3ForCausalLM"]
+    model = Gemma3ForCausalLM(cfg)
+    _save(model, folder, torch.bfloat16)
+    _write_tokenizer_config(folder)
+    return folder
