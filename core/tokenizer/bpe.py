@@ -24,6 +24,7 @@ class BPE:
         self.byte_encode = vocab.pre.type not in RAW_UTF8_TYPES
         self.ignore_merges = vocab.pre.ignore_merges
         self.escape_whitespaces = vocab.escape_whitespaces
+        self.newline_runs_whole = vocab.pre.type == "gemma4"
         # "left right" -> rank; reversed so that the first of duplicate merges wins (as std::map::emplace)
         merges = vocab.merges or []
         self.ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
@@ -76,16 +77,19 @@ class BPE:
         t2i = self.t2i
         if self.ignore_merges and word in t2i:
             return (t2i[word],)
+        if self.newline_runs_whole and word in t2i and not word.strip("\n"):
+            return (t2i[word],)  # llama.cpp's Gemma 4 rule: a newline run that is a token stays whole
         out: list[int] = []
         for sym in self.merge(word):
             tid = t2i.get(sym)
             if tid is not None:
                 out.append(tid)
                 continue
-            # no such token: one token per byte where the vocabulary has it, as llama.cpp does
-            for b in sym.encode("utf-8", "surrogatepass"):
-                key = (chr(b) if b < 0x80 else None) if self.byte_encode else f"<0x{b:02X}>"
-                if key is not None and key in t2i:
+            # no such token: one token per byte where the vocabulary has it, as llama.cpp does (a lone
+            # byte >= 0x80 can only be a token read with surrogateescape, as GGUFFile reads invalid UTF-8)
+            for b in sym.encode("utf-8", "surrogateescape"):
+                key = (chr(b) if b < 0x80 else chr(0xDC00 + b)) if self.byte_encode else f"<0x{b:02X}>"
+                if key in t2i:
                     out.append(t2i[key])
         return tuple(out)
 

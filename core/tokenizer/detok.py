@@ -19,8 +19,8 @@ def _byte_level_to_bytes(text: str) -> bytes:
         if b is not None:
             out.append(b)
         else:
-            utf8 = ch.encode("utf-8", "surrogatepass")
-            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8", "surrogatepass") + b"]"
+            utf8 = ch.encode("utf-8", "surrogateescape")
+            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8", "surrogateescape") + b"]"
     return bytes(out)
 
 
@@ -33,11 +33,11 @@ def piece_bytes(vocab: Vocab, token_id: int, special: bool = True) -> bytes:
         return b""
     text = vocab.tokens[token_id]
     if attr & (_SPECIAL | ATTR_USER_DEFINED):
-        return text.encode("utf-8", "surrogatepass")
+        return text.encode("utf-8", "surrogateescape")
     if attr & ATTR_NORMAL:
         if vocab.kind == "bpe" and not vocab.escape_whitespaces:
             return _byte_level_to_bytes(text)
-        return text.replace("\u2581", " ").encode("utf-8", "surrogatepass")
+        return text.replace("\u2581", " ").encode("utf-8", "surrogateescape")
     if attr & ATTR_BYTE:
         return bytes([int(text[3:5], 16)])
     return b""

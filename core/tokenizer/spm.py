@@ -25,8 +25,8 @@ class SPM:
         tid = self._byte_ids.get(b, -1)
         if tid == -1:
             tid = self.t2i.get(f"<0x{b:02X}>")
-            if tid is None and b < 0x80:
-                tid = self.t2i.get(chr(b))  # llama.cpp falls back to the byte itself as a token
+            if tid is None:  # llama.cpp falls back to the byte itself as a token
+                tid = self.t2i.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
             self._byte_ids[b] = tid
         return tid
 
@@ -72,7 +72,7 @@ class SPM:
             if tid is not None:
                 out.append(tid)
             else:
-                for b in piece.encode("utf-8", "surrogatepass"):
+                for b in piece.encode("utf-8", "surrogateescape"):
                     bt = self.byte_token(b)
                     out.append(bt if bt is not None else unk)
             i = nxt[i]

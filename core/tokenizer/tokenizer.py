@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Mapping
 
 from ..errors import LlamatorchError
 from .detok import detokenize_bytes, piece_bytes
 from .special import partition
 from .vocab import Vocab
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_NON_BYTE_SURROGATES = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def _clean_surrogates(text: str, keep_bytes: bool) -> str:
+    """Lone surrogates have no UTF-8: they become U+FFFD, as llama.cpp turns invalid bytes into U+FFFD.
+    SentencePiece keeps surrogate-escaped bytes (U+DC80..U+DCFF): llama.cpp sends raw bytes to byte tokens."""
+    if text.isascii():
+        return text
+    return (_NON_BYTE_SURROGATES if keep_bytes else _SURROGATES).sub("\ufffd", text)
 
 
 class Tokenizer:
@@ -83,6 +96,7 @@ class Tokenizer:
         """llama_tokenize(text, add_special, parse_special)."""
         v = self.vocab
         impl = self._backend()
+        text = _clean_surrogates(text, keep_bytes=v.kind == "spm")
         frags = partition(text, v, parse_special)
         bos, eos, sep = v.special.get("bos"), v.special.get("eos"), v.special.get("sep")
         out: list[int] = []

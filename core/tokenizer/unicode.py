@@ -127,4 +127,4 @@ _LATIN1_TO_BYTECHARS = {b: c for b, c in enumerate(BYTE_TO_CHAR)}
 
 def byte_encode(word: str) -> str:
     """UTF-8 bytes of `word`, each shown as its GPT-2 byte-level char."""
-    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(_LATIN1_TO_BYTECHARS)
+    return word.encode("utf-8", "surrogateescape").decode("latin-1").translate(_LATIN1_TO_BYTECHARS)
