@@ -97,6 +97,8 @@ class Engine:
         self.cache = KVCache(p.n_layer, n_seq, self.model.kv_heads, self.n_ctx, self.model.kv_dim,
                              self.dtype, self.device)
         self._tokenizer = None
+        self._graphs: dict[tuple[int, int], object] = {}
+        self.use_cuda_graphs = self.device.type == "cuda"
         self.load_seconds = time.perf_counter() - t0
 
     @property
@@ -170,12 +172,34 @@ class Engine:
         Rows are logits [n, n_vocab], or with embeddings=True the final hidden states [n, n_embd]
         (after the output norm, what llama.cpp pools for embeddings).
         """
+        if self.use_cuda_graphs and self._is_plain_decode(batch):
+            return self._graph_decode(batch).clone()
         step, out_index = self._layout(batch)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
             self.model.forward(step, self.cache, out_index, hidden=embeddings)
             return torch.empty(0, self.n_vocab)
         return self.model.forward(step, self.cache, out_index, hidden=embeddings)
+
+    # ---- CUDA graphs ---------------------------------------------------------------------------
+    def _is_plain_decode(self, batch: Batch) -> bool:
+        """One token for each of sequences 0..B-1, in order, every one wanting logits."""
+        n = len(batch)
+        return batch.seq == list(range(n)) and all(batch.logits) and n <= self.n_seq
+
+    def _graph_decode(self, batch: Batch) -> torch.Tensor:
+        from .cuda_graphs import GraphedDecode, bucket_for
+
+        top = max(batch.pos)
+        if min(batch.pos) < 0 or top >= self.n_ctx:
+            raise LlamatorchError(f"position {top} is outside the context of {self.n_ctx} tokens")
+        key = (len(batch), bucket_for(top + 1, self.n_ctx))
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._graphs[key] = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)
+        for s, p in zip(batch.seq, batch.pos):
+            self.cache.seq_len[s] = max(self.cache.seq_len[s], p + 1)
+        return g.run(torch.tensor(batch.tokens), torch.tensor(batch.pos))
 
     def weight_bytes_per_token(self) -> int:
         return self.model.weight_bytes_per_token()

@@ -45,20 +45,33 @@ def int4_packable(refs: list[TensorRef]) -> bool:
     return n % 16 == 0 and k % 64 == 0
 
 
-def _pack_int4_cpu(refs: list[TensorRef]):
+def _pack_int4(refs: list[TensorRef], device: torch.device):
+    """Repack Q4 groups for tinygemm: (packed weights, [K/32, N, 2] bf16 scales and zeros)."""
     qs, scales, offsets = [], [], []
     for r in refs:
-        q, s, o = formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape)
+        q, s, o = formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape, device=device)
         qs.append(q)
         scales.append(s)
         offsets.append(o)
-    q = torch.cat(qs).to(torch.int32)
+    q = torch.cat(qs)
     scale = torch.cat(scales)
     # tinygemm computes (q - 8) * scale + zero; ours is q * scale + offset
     zero = torch.cat(offsets) + 8.0 * scale
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
     scale_zero = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()  # [K/32, N, 2]
+    if device.type == "cpu":
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+    else:
+        k = q.shape[1]
+        inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * 16) == 0)
+        pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # two 4-bit values per byte, high nibble first
+        packed = torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), inner_k_tiles)
     return packed, scale_zero
+
+
+def _int4_mm(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, scale_zero)
+    return torch.ops.aten._weight_int4pack_mm(x, packed, INT4_GROUP, scale_zero)
 
 
 class Linear:
@@ -71,16 +84,14 @@ class Linear:
             refs[0].dequantize(device=device, dtype=dtype)
         )
         self.packed = None
-        if int4 and dtype == torch.bfloat16 and device.type == "cpu" and int4_packable(refs):
-            self.packed, self.scale_zero = _pack_int4_cpu(refs)
+        if int4 and dtype == torch.bfloat16 and int4_packable(refs):
+            self.packed, self.scale_zero = _pack_int4(refs, device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             rows = x.numel() // x.shape[-1]
             if rows <= INT4_MAX_ROWS:
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                    x.reshape(rows, x.shape[-1]), self.packed, INT4_GROUP, self.scale_zero
-                )
+                y = _int4_mm(x.reshape(rows, x.shape[-1]), self.packed, self.scale_zero)
                 return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dense)
 

@@ -1,0 +1,63 @@
+"""CUDA graphs for decode steps: B sequences (cache rows 0..B-1), one token each.
+
+Eager PyTorch spends most of a small model's decode step launching kernels; a captured graph replays
+the whole forward with one launch.  Shapes must be static, so the graph attends over a fixed number
+of cells (a power-of-two bucket >= the longest sequence) and computes its mask on the device from
+the positions buffer.  One graph per (batch size, bucket), captured on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models.common import Step
+
+MIN_BUCKET = 256
+
+
+def bucket_for(n_visible: int, n_ctx: int) -> int:
+    b = MIN_BUCKET
+    while b < n_visible:
+        b *= 2
+    return min(b, n_ctx)
+
+
+class GraphedDecode:
+    def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device):
+        self.model, self.cache = model, cache
+        B = batch_size
+        self.tokens = torch.zeros(B, 1, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(B, 1, dtype=torch.int64, device=device)
+        self.rows = torch.arange(B, dtype=torch.int64, device=device)
+        self.valid = torch.ones(B, 1, dtype=torch.bool, device=device)
+        self.cells = torch.arange(n_cells, device=device)
+        self.n_cells, self.B = n_cells, B
+        self.logits = None
+        self.graph = None
+
+    def _forward(self) -> torch.Tensor:
+        mask = self.cells[None, None, None, :] <= self.positions[:, None, :, None]  # [B, 1, 1, S]
+        step = Step(self.tokens, self.positions, self.valid, self.rows, self.positions, mask, self.n_cells,
+                    (0, self.B))
+        return self.model.forward(step, self.cache, None)
+
+    def capture(self) -> None:
+        # warm up on a side stream (lazy cuBLAS/kernel set-up must not happen during capture)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward()
+
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens/positions: [B] int64 (host or device). Returns [B, n_vocab] logits (a static buffer)."""
+        self.tokens.copy_(tokens.view(-1, 1), non_blocking=True)
+        self.positions.copy_(positions.view(-1, 1), non_blocking=True)
+        if self.graph is None:
+            self.capture()
+        self.graph.replay()
+        return self.logits
