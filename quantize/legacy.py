@@ -48,8 +48,12 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
 
 def _high_bits(q: np.ndarray) -> np.ndarray:
     """Bit 4 of element j goes to bit j of a little-endian uint32 (qh of Q5_0/Q5_1)."""
-    bits = ((q.astype(np.uint32) >> 4) & 1) << np.arange(32, dtype=np.uint32)
-    return np.bitwise_or.reduce(bits, axis=1).astype("<u4").view(np.uint8).reshape(-1, 4)
+    return np.packbits((q.astype(np.uint8) >> 4) & 1, axis=1, bitorder="little")
+
+
+def _absmax(xb: np.ndarray) -> np.ndarray:
+    """max |x| per block: reduced over a transposed copy, where numpy vectorises across blocks."""
+    return np.abs(np.ascontiguousarray(xb.T)).max(axis=0)
 
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
@@ -87,7 +91,7 @@ def quantize_q5_1(x: np.ndarray) -> np.ndarray:
 
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     xb = _blocks(x)
-    d = np.abs(xb).max(axis=1) / F32(127)
+    d = _absmax(xb) / F32(127)
     q = roundf(xb * _inverse(d)[:, None]).astype(np.int8).view(np.uint8)
     return np.concatenate([_f16_bytes(d), q], axis=1)
 

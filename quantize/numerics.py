@@ -31,10 +31,14 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
 
 
 def roundf(v: np.ndarray) -> np.ndarray:
-    """C roundf: halves away from zero (rint would send 2.5 to 2)."""
-    t = np.trunc(v)
-    frac = v - t  # exact: t shares v's exponent range
-    return t + np.where(np.abs(frac) >= F32(0.5), np.sign(v), F32(0))
+    """C roundf: halves away from zero. rint agrees except on exact halves (rint sends 2.5 to 2),
+    which are rare, so only those few values are redone."""
+    r = np.rint(v)
+    halves = np.flatnonzero(np.abs(v - r) == F32(0.5))  # v - r is exact
+    if halves.size:
+        vh = v.flat[halves]
+        r.flat[halves] = np.trunc(vh) + np.sign(vh)
+    return r
 
 
 def to_f16_bits(v: np.ndarray) -> np.ndarray:

@@ -133,8 +133,22 @@ def _progress(enabled: bool, total: int):
     )
 
 
+def _keep_freed_memory() -> None:
+    """Stop glibc from returning every large numpy temporary to the kernel: re-faulting fresh
+    pages for each chunk costs more than the arithmetic (3-5x on Q8_0 here)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: only slower
+
+
 def quantize_model(opts: Options) -> Summary:
     t_start = time.perf_counter()
+    _keep_freed_memory()
     if opts.output.exists() and opts.input.exists() and os.path.samefile(opts.input, opts.output):
         raise LlamatorchError(f"input and output files are the same: '{opts.input}'")
     with GGUFFile(opts.input) as f:

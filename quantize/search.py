@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import F32, first_absmax, nearest_int, seqsum
+from .numerics import F32, first_absmax, seqsum
 
 GROUP_MAX_EPS = F32(1e-15)
 
 
-def _levels(iscale: np.ndarray, x: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    return np.clip(nearest_int(iscale * x), lo, hi)
+def _levels(iscale, x, lo: int, hi: int, out=None) -> np.ndarray:
+    """clip(nearest_int(iscale * x), lo, hi), in place in `out` when given."""
+    out = np.multiply(iscale, x, out=out)
+    np.rint(out, out=out)
+    return np.clip(out, F32(lo), F32(hi), out=out)
+
+
+def _sum(terms: np.ndarray) -> np.ndarray:
+    """Sequential float32 sum over axis 0 (reduction over the outer axis runs row after row,
+    i.e. C's `s = 0; for i: s += t[i]` for every column; checked equal to seqsum)."""
+    return np.add.reduce(terms, axis=0, initial=F32(0))
 
 
 def make_qkx2_quants(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
@@ -31,31 +40,43 @@ def make_qkx2_quants(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
     mn = np.minimum(mn, F32(0))
     mn0 = mn
     flat = mx == mn
+    L = np.empty_like(x)
+    tmp = np.empty_like(x)
+    wl = np.empty_like(x)
 
-    def error(scale, lmin, L):
-        diff = scale * L + lmin - x
-        diff = np.abs(diff) if use_mad else diff * diff
-        return seqsum(w * diff)
+    def error(scale, lmin):
+        np.multiply(L, scale, out=tmp)  # scale * L + min - x, in C's order
+        np.add(tmp, lmin, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        if use_mad:
+            np.abs(tmp, out=tmp)
+        else:
+            np.multiply(tmp, tmp, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        return _sum(tmp)
 
     with np.errstate(divide="ignore", invalid="ignore"):
+        xm = x - mn
         iscale = fnmax / (mx - mn)
         scale = F32(1) / iscale
         best_iscale, best_lmin = iscale, mn  # what produced the L we keep
-        best_error = error(scale, mn, _levels(iscale, x - mn, 0, nmax))
+        _levels(iscale, xm, 0, nmax, out=L)
+        best_error = error(scale, mn)
         for step in range(nstep + 1):
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + fnmax) / (mx - mn)
-            L = _levels(iscale, x - mn, 0, nmax)
-            wl = w * L
-            sum_l = seqsum(wl)
-            sum_l2 = seqsum(wl * L)
-            sum_xl = seqsum(wl * x)
+            _levels(iscale, xm, 0, nmax, out=L)
+            np.multiply(w, L, out=wl)
+            sum_l = _sum(wl)
+            sum_l2 = _sum(np.multiply(wl, L, out=tmp))
+            sum_xl = _sum(np.multiply(wl, x, out=tmp))
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             pos = this_min > 0
-            this_min = np.where(pos, F32(0), this_min)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            cur = error(this_scale, this_min, L)
+            if pos.any():
+                this_min = np.where(pos, F32(0), this_min)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            cur = error(this_scale, this_min)
             better = (D > 0) & (cur < best_error)
             if better.any():
                 best_iscale = np.where(better, iscale, best_iscale)
@@ -63,10 +84,13 @@ def make_qkx2_quants(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
                 best_error = np.where(better, cur, best_error)
                 scale = np.where(better, this_scale, scale)
                 mn = np.where(better, this_min, mn)
-        L = _levels(best_iscale, x - best_lmin, 0, nmax)
+                np.subtract(x, mn, out=xm)
+        np.subtract(x, best_lmin, out=xm)
+        _levels(best_iscale, xm, 0, nmax, out=L)
     scale = np.where(flat, F32(0), scale)
     mn = np.where(flat, mn0, mn)
-    L = np.where(flat, F32(0), L)
+    if flat.any():
+        L[:, flat] = 0
     return scale.astype(F32), (-mn).astype(F32), L
 
 
@@ -76,11 +100,19 @@ def make_qx_quants_rmse1(x, nmax: int):
     zero = amax < GROUP_MAX_EPS
     w = x * x
     wx = w * x
+    L = np.empty_like(x)
+    tmp = np.empty_like(x)
+
+    def sums():
+        sumlx = _sum(np.multiply(wx, L, out=tmp))
+        np.multiply(w, L, out=tmp)
+        np.multiply(tmp, L, out=tmp)
+        return sumlx, _sum(tmp)
+
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-nmax) / mx
-        L = _levels(iscale, x, -nmax, nmax - 1)
-        sumlx = seqsum(wx * L)
-        suml2 = seqsum(w * L * L)
+        _levels(iscale, x, -nmax, nmax - 1, out=L)
+        sumlx, suml2 = sums()
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
         best_iscale = iscale
@@ -88,17 +120,18 @@ def make_qx_quants_rmse1(x, nmax: int):
             if step == 0:
                 continue
             iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
-            L = _levels(iscale, x, -nmax, nmax - 1)
-            sumlx = seqsum(wx * L)
-            suml2 = seqsum(w * L * L)
+            _levels(iscale, x, -nmax, nmax - 1, out=L)
+            sumlx, suml2 = sums()
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
             if better.any():
                 scale = np.where(better, sumlx / suml2, scale)
                 best = np.where(better, scale * sumlx, best)
                 best_iscale = np.where(better, iscale, best_iscale)
-        L = _levels(best_iscale, x, -nmax, nmax - 1) + F32(nmax)
+        _levels(best_iscale, x, -nmax, nmax - 1, out=L)
+        L += F32(nmax)
     scale = np.where(zero, F32(0), scale)
-    L = np.where(zero, F32(0), L)
+    if zero.any():
+        L[:, zero] = 0
     return scale.astype(F32), L
 
 
