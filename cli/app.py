@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "download",
     "convert",
     "quantize",
+    "perplexity",
+    "batched_bench",
+    "embedding",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,233 @@
+"""`llamatorch perplexity`: llama-perplexity's perplexity and KL-divergence modes.
+
+Results go to stdout as llama.cpp prints them there (the `[1]16.8243,[2]...` progress line, the
+final estimate, the KL-divergence table and statistics); logs, warnings and timings go to stderr,
+with a progress bar there when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Device, Dtype, Model, Threads, log
+
+NAME = "perplexity"
+
+
+def command(
+    model: Model = "smollm2",
+    file: Annotated[Optional[str], typer.Option("-f", "--file", help="text to evaluate")] = None,
+    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="tokens per chunk")] = 512,
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="tokens per forward (n_batch/n_ctx chunks at once)")] = 2048,
+    chunks: Annotated[int, typer.Option("--chunks", help="max chunks to evaluate (-1 = all)")] = -1,
+    threads: Threads = None,
+    dtype: Dtype = "auto",
+    device: Device = "cpu",
+    kl_base: Annotated[Optional[str], typer.Option(
+        "--kl-divergence-base", help="file of base log-probs: written (with -f), or read (with --kl-divergence)")] = None,
+    kl_divergence: Annotated[bool, typer.Option(
+        "--kl-divergence", help="compare against --kl-divergence-base (evaluates the tokens stored there)")] = False,
+) -> None:
+    """Perplexity of a model on a text, or its KL divergence from a base model (llama-perplexity)."""
+    from llamatorch.core.errors import LlamatorchError
+
+    if ctx_size <= 0:
+        raise LlamatorchError("perplexity needs a context size -c > 0")
+    if batch_size <= 0:
+        raise LlamatorchError("-b must be > 0")
+    if kl_divergence and kl_base is None:
+        raise LlamatorchError("--kl-divergence needs --kl-divergence-base FILE (the base model's log-probabilities)")
+    if not kl_divergence and file is None:
+        raise LlamatorchError("give the text to evaluate with -f FILE")
+
+    if kl_divergence:
+        _run_kl(model, kl_base, ctx_size, batch_size, threads, dtype, device, file)
+    else:
+        _run_ppl(model, file, ctx_size, batch_size, chunks, threads, dtype, device, kl_base)
+
+
+# ---- shared set-up ---------------------------------------------------------------------------------
+
+
+def _open_model(model: str):
+    """Path, GGUF metadata reader and tokenizer: everything checked before the weights are loaded."""
+    from llamatorch.core.gguf_file import GGUFFile
+    from llamatorch.core.hub import resolve_model
+    from llamatorch.core.tokenizer import Tokenizer
+
+    path = resolve_model(model)
+    gguf = GGUFFile(path)
+    tok = Tokenizer.from_metadata(gguf.metadata)
+    return path, gguf, tok
+
+
+def _warn_ctx_train(gguf, n_ctx: int) -> None:
+    n_train = gguf.get(f"{gguf.architecture}.context_length")
+    if n_train is not None and n_ctx > int(n_train):
+        log(f"perplexity: warning: model was trained on only {int(n_train)} context tokens ({n_ctx} specified)")
+
+
+def _load_engine(path, n_ctx: int, n_seq: int, threads, dtype: str, device: str):
+    from llamatorch.core.engine import Engine
+
+    engine = Engine(path, n_ctx=n_ctx, n_seq=n_seq, dtype=dtype, device=device, threads=threads)
+    log(f"perplexity: model {path.name} ({engine.file.architecture}), dtype "
+        f"{str(engine.dtype).removeprefix('torch.')}, device {engine.device}, threads {engine.n_threads}, "
+        f"loaded in {engine.load_seconds:.2f} s")
+    return engine
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, what: str):
+        import sys
+
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(what, total=total)
+            self.bar.start()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _first_pass_logger(name: str, n_chunk: int, n_seq: int):
+    from llamatorch.core.perplexity import eta_text
+
+    def report(seconds: float) -> None:
+        log(f"{name}: {seconds:.2f} seconds per pass - ETA {eta_text(seconds, n_chunk, n_seq)}")
+
+    return report
+
+
+# ---- perplexity ------------------------------------------------------------------------------------
+
+
+def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_base) -> None:
+    import sys
+    import time
+
+    import numpy as np
+
+    from llamatorch.core.errors import LlamatorchError
+    from llamatorch.core.perplexity import batch_shape, perplexity, plan_chunks, read_text
+
+    text = read_text(file)
+    if text.replaced:
+        log(f"perplexity: warning: {file} is not valid UTF-8; invalid bytes were replaced with U+FFFD")
+    if text.n_bytes == 0:
+        raise LlamatorchError(f"the text file {file} is empty")
+    path, gguf, tok = _open_model(model)
+    _warn_ctx_train(gguf, n_ctx)
+    log("perplexity: tokenizing the input ..")
+    t0 = time.perf_counter()
+    tokens = np.asarray(tok.encode(text.text, add_special=True, parse_special=False), dtype=np.int64)
+    log(f"perplexity: tokenization took {1000 * (time.perf_counter() - t0):g} ms")
+    n_chunk = plan_chunks(len(tokens), n_ctx, chunks)
+    if n_chunk < 1:
+        raise LlamatorchError("--chunks must be at least 1 (or -1 for all)")
+    n_seq, n_batch = batch_shape(n_ctx, n_batch)
+    engine = _load_engine(path, n_ctx, n_seq, threads, dtype, device)
+    writer = None
+    if kl_base is not None:
+        from llamatorch.core.kl_base import BaseWriter
+
+        writer = BaseWriter(kl_base, n_ctx, tok.n_vocab, n_chunk, tokens)
+        log(f"perplexity: saving the log-probabilities to {kl_base}")
+    log(f"perplexity: calculating perplexity over {n_chunk} chunks, n_ctx={n_ctx}, batch_size={n_batch}, n_seq={n_seq}")
+    bar = _Progress(n_chunk, "perplexity")
+    out = sys.stdout
+
+    def on_chunk(c: int, ppl: float) -> None:
+        out.write(f"[{c + 1}]{ppl:.4f},")
+        out.flush()
+        bar.advance()
+
+    bos = tok.bos_id if tok.add_bos else None
+    try:
+        res = perplexity(engine, tokens, n_ctx, n_chunk, n_batch, bos, on_chunk=on_chunk,
+                         on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    out.write("\n")
+    if res.ppl_err == res.ppl_err:  # not NaN
+        out.write(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_err:.5f}\n")
+    else:
+        out.write(f"Final estimate: PPL = {res.ppl:.4f}\n")
+        log("perplexity: unexpected negative standard deviation of log(prob)")
+    out.flush()
+    log(f"perplexity: {res.count} tokens scored in {res.seconds:.2f} s "
+        f"({res.count * 2 / max(res.seconds, 1e-9):.1f} tokens evaluated per second)")
+
+
+# ---- KL divergence ---------------------------------------------------------------------------------
+
+
+def _run_kl(model, kl_base, n_ctx_arg, n_batch, threads, dtype, device, file) -> None:
+    import sys
+
+    from llamatorch.core.errors import LlamatorchError
+    from llamatorch.core.kl_base import BaseReader
+    from llamatorch.core.kl_divergence import TABLE_HEADER, run_kl_divergence
+    from llamatorch.core.perplexity import batch_shape
+
+    if file is not None:
+        log("perplexity: note: -f is ignored with --kl-divergence (the tokens come from the base file)")
+    reader = BaseReader(kl_base)
+    h = reader.header
+    try:
+        path, gguf, tok = _open_model(model)
+        if h.n_vocab != tok.n_vocab:
+            raise LlamatorchError(f"{reader.path.name}: inconsistent vocabulary ({h.n_vocab} in the file, "
+                                   f"{tok.n_vocab} in the model)")
+        if h.n_ctx > n_ctx_arg:
+            raise LlamatorchError(f"{reader.path.name} has been computed with a context of {h.n_ctx}, "
+                                   f"while the current context is {n_ctx_arg}: increase it with -c and retry")
+        if reader.tokens.size and (reader.tokens.min() < 0 or reader.tokens.max() >= tok.n_vocab):
+            raise LlamatorchError(f"{reader.path.name}: stored token ids are outside the vocabulary")
+        _warn_ctx_train(gguf, h.n_ctx)
+        n_seq, n_batch = batch_shape(h.n_ctx, n_batch)
+        engine = _load_engine(path, h.n_ctx, n_seq, threads, dtype, device)
+        log(f"kl_divergence: computing over {h.n_chunk} chunks, n_ctx={h.n_ctx}, batch_size={n_batch}, n_seq={n_seq}")
+        bar = _Progress(h.n_chunk, "kl-divergence")
+        out = sys.stdout
+        report_first = _first_pass_logger("kl_divergence", h.n_chunk, n_seq)
+
+        def on_first_pass(seconds: float) -> None:
+            report_first(seconds)
+            out.write(TABLE_HEADER + "\n")
+
+        def on_chunk(c: int, stats) -> None:
+            out.write(stats.chunk_line(c + 1) + "\n")
+            out.flush()
+            bar.advance()
+
+        bos = tok.bos_id if tok.add_bos else None
+        try:
+            stats = run_kl_divergence(engine, reader, n_batch, bos, on_chunk=on_chunk, on_first_pass=on_first_pass)
+        finally:
+            bar.close()
+        out.write("\n")
+        lines = stats.report()
+        if lines:
+            out.write("\n".join(lines) + "\n")
+        else:
+            log(f"kl_divergence: only {stats.count} tokens: too few for the statistics block (llama.cpp needs 100)")
+        out.flush()
+    finally:
+        reader.close()

@@ -1,0 +1,192 @@
+"""llama-perplexity's method (`tools/perplexity/perplexity.cpp`, `perplexity()`), on the engine.
+
+The whole text is tokenized once; chunks of n_ctx tokens are evaluated independently (KV cache
+cleared), the first token of each chunk replaced by BOS when the model adds one, and only the
+second half of each chunk is scored (positions n_ctx/2 .. n_ctx-2 predict the next token).
+n_seq = n_batch / n_ctx chunks go through one padded forward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import LlamatorchError
+
+
+# ---- input ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextInput:
+    text: str
+    n_bytes: int
+    replaced: bool  # the file was not valid UTF-8: bad bytes became U+FFFD
+
+
+def read_text(path: str | Path) -> TextInput:
+    """Read -f like llama.cpp (the whole file, one trailing newline dropped), decoding with replacement."""
+    p = Path(path)
+    if not p.exists():
+        raise LlamatorchError(f"text file not found: {path}")
+    if not p.is_file():
+        raise LlamatorchError(f"not a file: {path}")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise LlamatorchError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text, replaced = data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, replaced = data.decode("utf-8", errors="replace"), True
+    if text.endswith("\n"):
+        text = text[:-1]
+    return TextInput(text, len(data), replaced)
+
+
+def batch_shape(n_ctx: int, n_batch: int) -> tuple[int, int]:
+    """(n_seq, n_batch) as llama-perplexity settles them: n_seq = max(1, n_batch / n_ctx) chunks per
+    forward, and n_batch clamped to n_seq * n_ctx (so it is below n_ctx or a multiple of it)."""
+    if n_ctx <= 0:
+        raise LlamatorchError("perplexity needs a context size -c > 0")
+    if n_batch <= 0:
+        raise LlamatorchError("-b must be > 0")
+    n_seq = max(1, n_batch // n_ctx)
+    return n_seq, min(n_batch, n_seq * n_ctx)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkGroup:
+    first_chunk: int  # index of the group's first chunk
+    logits: list[torch.Tensor]  # per chunk: [n_ctx - 1 - n_ctx/2, n_vocab] float32, scored positions
+    seconds: float
+
+
+def evaluate_chunks(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batch: int,
+                    bos_id: int | None) -> Iterator[ChunkGroup]:
+    """Evaluate chunks 0..n_chunk-1 of `tokens`, n_seq at a time; yield each group's scored logits.
+
+    bos_id: the token that replaces each chunk's first token (None: the model adds no BOS).
+    """
+    from .engine import Batch
+
+    n_seq, n_batch = batch_shape(n_ctx, n_batch)
+    first = n_ctx // 2
+    last = n_ctx - 1  # position n_ctx-1 predicts past the chunk: not scored, not computed
+    for i in range(0, n_chunk, n_seq):
+        n_in_group = min(n_seq, n_chunk - i)
+        t0 = time.perf_counter()
+        engine.cache.clear()
+        per_chunk: list[list[torch.Tensor]] = [[] for _ in range(n_in_group)]
+        # n_batch >= n_ctx: one forward for the whole group; else n_ctx/n_batch forwards of one chunk
+        step = min(n_batch, n_ctx)
+        for j in range(0, n_ctx, step):
+            width = min(step, n_ctx - j)
+            batch = Batch()
+            for s in range(n_in_group):
+                start = (i + s) * n_ctx + j
+                chunk = tokens[start : start + width].tolist()
+                if j == 0 and bos_id is not None:
+                    chunk[0] = bos_id
+                batch.tokens += chunk
+                batch.pos += range(j, j + width)
+                batch.seq += [s] * width
+                batch.logits += [first <= j + k < last for k in range(width)]
+            if not any(batch.logits):
+                engine.decode(batch)
+                continue
+            out = engine.decode(batch)
+            rows = out.shape[0] // n_in_group
+            for s in range(n_in_group):
+                per_chunk[s].append(out[s * rows : (s + 1) * rows])
+        logits = [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_chunk]
+        yield ChunkGroup(i, logits, time.perf_counter() - t0)
+
+
+def token_nll(logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+    """-log p(target) per row, float64: max + log(sum exp(l - max)) - l[target], as llama.cpp."""
+    tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    max_l = logits.max(dim=-1).values
+    sum_exp = torch.exp(logits - max_l[:, None]).sum(dim=-1, dtype=torch.float64)
+    picked = logits.gather(1, tgt[:, None])[:, 0]
+    return max_l.double() + torch.log(sum_exp) - picked.double()
+
+
+def eta_text(seconds_per_pass: float, n_chunk: int, n_seq: int) -> str:
+    """'0.20 minutes' / '1 hours 3.50 minutes', llama.cpp's ETA after the first pass."""
+    total = int(seconds_per_pass * n_chunk / n_seq)
+    out = ""
+    if total >= 3600:
+        out = f"{total // 3600} hours "
+        total %= 3600
+    return out + f"{total / 60.0:.2f} minutes"
+
+
+# ---- perplexity ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PerplexityResult:
+    n_chunk: int
+    cumulative: list[float] = field(default_factory=list)  # PPL after each chunk
+    ppl: float = float("nan")
+    ppl_err: float = float("nan")  # NaN when the variance came out non-positive
+    count: int = 0
+    seconds: float = 0.0
+
+
+def plan_chunks(n_tokens: int, n_ctx: int, n_chunks: int) -> int:
+    """Chunks to evaluate; raises when the text is shorter than 2 * n_ctx tokens (llama.cpp only logs)."""
+    if n_tokens < 2 * n_ctx:
+        raise LlamatorchError(
+            f"you need at least {2 * n_ctx} tokens to evaluate perplexity with a context of {n_ctx}; "
+            f"the text tokenizes to only {n_tokens} tokens"
+        )
+    n_max = n_tokens // n_ctx
+    return n_max if n_chunks < 0 else min(n_chunks, n_max)
+
+
+def perplexity(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batch: int, bos_id: int | None,
+               on_chunk: Callable[[int, float], None] | None = None,
+               on_first_pass: Callable[[float], None] | None = None,
+               writer=None) -> PerplexityResult:
+    """Run the evaluation; `on_chunk(index, cumulative_ppl)` after each chunk, `on_first_pass(seconds)`
+    after the first group, `writer` (a kl_base.BaseWriter) receives each chunk's scored logits."""
+    res = PerplexityResult(n_chunk)
+    first = n_ctx // 2
+    nll = nll2 = 0.0
+    count = 0
+    t0 = time.perf_counter()
+    for group in evaluate_chunks(engine, tokens, n_ctx, n_chunk, n_batch, bos_id):
+        if group.first_chunk == 0 and on_first_pass is not None:
+            on_first_pass(group.seconds)
+        for s, logits in enumerate(group.logits):
+            c = group.first_chunk + s
+            start = c * n_ctx + first
+            targets = tokens[start + 1 : start + 1 + logits.shape[0]]
+            v = token_nll(logits, targets)
+            nll += float(v.sum())
+            nll2 += float((v * v).sum())
+            count += logits.shape[0]
+            if writer is not None:
+                writer.write_chunk(logits)
+            res.cumulative.append(math.exp(nll / count))
+            if on_chunk is not None:
+                on_chunk(c, res.cumulative[-1])
+    res.seconds = time.perf_counter() - t0
+    res.count = count
+    mean = nll / count
+    var = nll2 / count - mean * mean
+    res.ppl = math.exp(mean)
+    if var > 0:
+        res.ppl_err = math.sqrt(var / (count - 1)) * res.ppl
+    return res
