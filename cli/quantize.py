@@ -16,10 +16,10 @@ NAME = "quantize"
 
 
 def command(
-    input: Path = typer.Argument(..., help="model to quantize (F32/F16/BF16 GGUF; quantized with --allow-requantize)"),
-    output: str = typer.Argument(..., help="output GGUF (or TYPE: then the output is ggml-model-TYPE.gguf beside the input)"),
-    type: Optional[str] = typer.Argument(None, help="quantization type, by name or number (list below)"),
-    nthreads: Optional[str] = typer.Argument(None, help="worker threads (default: all cores)"),
+    input: Path = typer.Argument(..., metavar="INPUT.gguf", help="model to quantize (F32/F16/BF16 GGUF; quantized with --allow-requantize)"),
+    output: str = typer.Argument(..., metavar="OUTPUT.gguf", help="output GGUF (or TYPE: then the output is ggml-model-TYPE.gguf beside the input)"),
+    type: Optional[str] = typer.Argument(None, metavar="TYPE", help="quantization type, by name or number (list above)"),
+    nthreads: Optional[str] = typer.Argument(None, metavar="NTHREADS", help="worker threads (default: all cores)"),
     allow_requantize: bool = typer.Option(
         False, "--allow-requantize", help="allow requantizing tensors that have already been quantized"
     ),
