@@ -137,7 +137,7 @@ REGEXES: dict[str, list[str]] = {
     "afmoe": [
         AFMOE_DIGITS,
         _AFMOE_CJK,
-        _DS3_MAIN,
+        _DS3_MAIN.replace("\r\n", "\\r\\n"),  # llama.cpp spells this one's CR/LF as regex escapes
     ],
     "laguna": [NEWLINES, QWEN2],
     "exaone-moe": [
