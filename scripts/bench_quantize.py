@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Time `llamatorch quantize` on the full SmolLM2 F16 copy beside llama-quantize's figures.
+
+Wall time of the whole command (Python start-up included), best and median of --repeat runs,
+plus the CPU seconds the command used (user+sys), on --threads threads. The load average is
+printed too: on a shared machine the wall time says as much about the neighbours as about us.
+
+    python scripts/bench_quantize.py [--threads 2] [--repeat 3] [--types Q8_0,Q4_0,Q6_K,Q4_K_M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# llama-quantize on the F16 copy, 2 threads, this machine (issue 4)
+LLAMA_CPP_SECONDS = {"Q8_0": 0.7, "Q4_0": 0.6, "Q6_K": 1.1, "Q4_K_M": 1.3}
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, child CPU seconds) of one CLI run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llamatorch.cli.app", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"failed: llamatorch {' '.join(args)}\n{proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--types", default=",".join(LLAMA_CPP_SECONDS))
+    ap.add_argument("--f16", type=Path, help="F16 copy to use (default: made from the SmolLM2 Q4_1 file)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        tmp = Path(tmp)
+        f16 = args.f16
+        if f16 is None:
+            from llamatorch.core import hub
+
+            f16 = tmp / "smollm2-f16.gguf"
+            print("making the F16 copy (--allow-requantize ... F16)", file=sys.stderr)
+            run(["quantize", "--no-progress", "--allow-requantize", str(hub.fetch("smollm2")), str(f16), "F16"])
+
+        print(f"threads {args.threads}, best/median of {args.repeat}, cores {os.cpu_count()}, "
+              f"load average before {os.getloadavg()[0]:.2f}")
+        header = f"{'type':<8} {'llama.cpp s':>11} {'ours best s':>11} {'median s':>9} {'cpu s':>6} {'ratio':>6}"
+        print(header)
+        print("-" * len(header))
+        for qtype in args.types.split(","):
+            out = tmp / f"out-{qtype}.gguf"
+            walls, cpus = [], []
+            for _ in range(args.repeat):
+                wall, cpu = run(["quantize", "--no-progress", str(f16), str(out), qtype, str(args.threads)])
+                walls.append(wall)
+                cpus.append(cpu)
+            ref = LLAMA_CPP_SECONDS.get(qtype)
+            best = min(walls)
+            ratio = f"{best / ref:5.2f}x" if ref else "   -"
+            ref_s = f"{ref:.1f}" if ref else "-"
+            print(f"{qtype:<8} {ref_s:>11} {best:>11.2f} {statistics.median(walls):>9.2f} {min(cpus):>6.2f} {ratio:>6}")
+        print(f"load average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
