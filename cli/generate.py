@@ -1,4 +1,8 @@
-"""`llamatorch cli`: llama-completion's plain completion (chat mode comes with the chat templates)."""
+"""`llamatorch cli`: llama-completion's switch between chat (conversation) mode and plain completion.
+
+Chat mode is on when the model has a chat template (or one is given), -cnv forces it, -no-cnv gives plain
+completion.  The chat itself lives in `cli/chat.py` and `core/chat_session.py`; this module only dispatches.
+"""
 
 from __future__ import annotations
 
@@ -35,14 +39,18 @@ def command(
     no_conversation: Annotated[bool, typer.Option("-no-cnv", "--no-conversation", help="plain completion")] = False,
     no_display_prompt: Annotated[bool, typer.Option("--no-display-prompt", help="don't echo the prompt")] = False,
     show_ids: Annotated[bool, typer.Option("--show-ids", help="print generated token ids on stderr at the end")] = False,
+    system_prompt: Annotated[Optional[str], typer.Option("-sys", "--system-prompt", help="chat: system prompt")] = None,
+    single_turn: Annotated[bool, typer.Option("-st", "--single-turn", help="chat: answer one message, then exit")] = False,
+    chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="chat: a built-in template name (chatml, llama3, gemma, ...) or inline Jinja")] = None,
+    chat_template_file: Annotated[Optional[str], typer.Option("--chat-template-file", help="chat: Jinja template file")] = None,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
 
-    if conversation:
-        raise LlamatorchError("chat mode (-cnv) is not available yet: use -no-cnv for plain completion")
+    if conversation and no_conversation:
+        raise LlamatorchError("give either -cnv or -no-cnv, not both")
     text = read_prompt(prompt, file)
-    if text is None or text == "":
+    if no_conversation and (text is None or text == ""):
         raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE")
     if n_predict == 0 or n_predict < -2:
         raise LlamatorchError(f"-n {n_predict}: give a positive number of tokens, or -1 for no limit")
@@ -63,15 +71,27 @@ def command(
     path = resolve_model(model)
     engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
     tok = engine.tokenizer
+    params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
+    sampler = Sampler(params, engine.n_vocab)
+    has_template = bool(engine.file.metadata.get("tokenizer.chat_template")) or chat_template is not None \
+        or chat_template_file is not None
+    if conversation or (has_template and not no_conversation):
+        from .chat import chat_main
+
+        status, stats = chat_main(engine, sampler, first=text or None, system=system_prompt, single_turn=single_turn,
+                           template=chat_template, template_file=chat_template_file, n_predict=n_predict,
+                           n_batch=batch_size)
+        _perf(engine.load_seconds, stats, time.perf_counter() - t_start)
+        raise typer.Exit(status)
+    if text is None or text == "":
+        raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE (or drop -no-cnv to chat)")
     ids = tok.encode(text, add_special=True, parse_special=True)
     check_prompt_fits(len(ids), engine.n_ctx)
     log(f"cli: model {path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
         f"{str(engine.dtype).removeprefix('torch.')}, device {engine.device}, threads {engine.n_threads}, "
         f"prompt {len(ids)} tokens")
-    params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
-                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
-    sampler = Sampler(params, engine.n_vocab)
     log(f"cli: sampler seed {sampler.seed}")
     from llamatorch.core.tokenizer import StreamDecoder
 
