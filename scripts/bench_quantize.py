@@ -37,18 +37,68 @@ def run(args: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
+def make_tiled_f16(fixture: Path, out: Path, n_layer: int = 30, n_vocab: int = 49152) -> None:
+    """A SmolLM2-135M-shaped F16 file from the 2-block fixture (its real weights repeated), for
+    machines without the real model: same shapes, same work per tensor as the full F16 copy."""
+    import struct
+
+    import numpy as np
+
+    from llamatorch.core.gguf_file import GGUFFile
+    from llamatorch.quantize.gguf_out import build_header, metadata_records, pad
+
+    with GGUFFile(fixture) as f:
+        arch = f.metadata["general.architecture"]
+        records = []
+        for key, raw in metadata_records(fixture):
+            if key == f"{arch}.block_count":
+                kb = key.encode()
+                raw = struct.pack("<Q", len(kb)) + kb + struct.pack("<II", 4, n_layer)
+            records.append((key, raw))
+        plan = []  # (name, ne, type, source tensor, repeat)
+        for name, t in f.tensors.items():
+            if name.startswith("blk."):
+                src_layer = int(name.split(".")[1])
+                if src_layer:
+                    continue
+                for i in range(n_layer):
+                    plan.append((name.replace("blk.0.", f"blk.{i}.", 1), t.ne, t.qtype, f"blk.{i % 2}." + name[6:], 1))
+            elif name == "token_embd.weight":
+                reps = -(-n_vocab // t.ne[1])
+                plan.append((name, (t.ne[0], n_vocab), t.qtype, name, reps))
+            else:
+                plan.append((name, t.ne, t.qtype, name, 1))
+        sizes = []
+        for _, ne, _, src, _ in plan:
+            st = f.tensors[src]
+            row = st.nbytes // int(np.prod(st.ne[1:], dtype=np.int64))
+            sizes.append(row * int(np.prod(ne[1:], dtype=np.int64)))
+        header = build_header(records, [(n, ne, q, sz) for (n, ne, q, _, _), sz in zip(plan, sizes)], 1, f.alignment)
+        with open(out, "wb") as w:
+            w.write(header)
+            for (_, _, _, src, reps), sz in zip(plan, sizes):
+                data = np.tile(f.raw(src), reps)[:sz]
+                w.write(data.tobytes())
+                w.write(b"\0" * (pad(sz, f.alignment) - sz))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default=",".join(LLAMA_CPP_SECONDS))
     ap.add_argument("--f16", type=Path, help="F16 copy to use (default: made from the SmolLM2 Q4_1 file)")
+    ap.add_argument("--tiled-from", type=Path, metavar="FIXTURE",
+                    help="no real model here: time a SmolLM2-shaped file tiled from quant-fixture-f16.gguf")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         tmp = Path(tmp)
         f16 = args.f16
-        if f16 is None:
+        if f16 is None and args.tiled_from:
+            f16 = tmp / "tiled-f16.gguf"
+            make_tiled_f16(args.tiled_from, f16)
+        elif f16 is None:
             from llamatorch.core import hub
 
             f16 = tmp / "smollm2-f16.gguf"
