@@ -60,8 +60,17 @@ class Tokenizer:
     def eog_ids(self) -> frozenset[int]:
         return self.vocab.eog_ids
 
+    bos_id = property(lambda self: self.vocab.special.get("bos"))
+    eos_id = property(lambda self: self.vocab.special.get("eos"))
+    eot_id = property(lambda self: self.vocab.special.get("eot"))
+    eom_id = property(lambda self: self.vocab.special.get("eom"))
+    unk_id = property(lambda self: self.vocab.special.get("unk"))
+    sep_id = property(lambda self: self.vocab.special.get("sep"))
+    pad_id = property(lambda self: self.vocab.special.get("pad"))
+    mask_id = property(lambda self: self.vocab.special.get("mask"))
+
     def __getattr__(self, name: str):
-        # bos_id, eos_id, eot_id, eom_id, unk_id, sep_id, pad_id, mask_id, fim_*_id
+        # fim_pre_id, fim_suf_id, fim_mid_id, fim_pad_id, fim_rep_id, fim_sep_id
         if name.endswith("_id") and "vocab" in self.__dict__:
             key = name[:-3]
             if key in self.vocab.special:
