@@ -31,9 +31,8 @@ class Step:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * weight).to(x.dtype)
+    """RMSNorm computed in float32 (as ggml does), returned in x's dtype. One fused kernel for f32 x."""
+    return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
 
 
 def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +51,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
     """
     n_rot = cos.shape[-1] * 2
     xr, xpass = x[..., :n_rot], x[..., n_rot:]
-    xf = xr.float()
     if neox:
+        xf = xr.float()
         x0, x1 = xf[..., : n_rot // 2], xf[..., n_rot // 2 :]
         out = torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     else:
-        pairs = xf.unflatten(-1, (n_rot // 2, 2))
-        x0, x1 = pairs[..., 0], pairs[..., 1]
-        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+        # adjacent pairs are complex numbers: one complex product rotates them all (few kernels)
+        pairs = torch.view_as_complex(xr.float().contiguous().unflatten(-1, (n_rot // 2, 2)))
+        out = torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2)
     out = out.to(x.dtype)
     return out if xpass.shape[-1] == 0 else torch.cat([out, xpass], dim=-1)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
 from ..weights import Linear, TensorRef
+from .outputs import tied_output
 from .common import Step, apply_rope, attend, rms_norm, rope_tables
 
 
@@ -104,7 +105,7 @@ class LlamaModel:
         if "output.weight" in f.tensors:
             self.output = Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], dtype, device)
         else:
-            self.output = _TiedOutput(self.tok_embd)
+            self.output = tied_output(self.tok_embd, dtype, device)
         self.rope_cos, self.rope_sin = None, None
         self.kv_heads, self.kv_dim = p.n_head_kv, p.head_dim
 
@@ -118,19 +119,20 @@ class LlamaModel:
         `hidden`) for the flattened token indices in out_index (None: all)."""
         p = self.params
         B, T = step.tokens.shape
-        x = self.tok_embd[step.tokens]  # [B, T, D]
+        x = self.tok_embd[step.tokens].float()  # [B, T, D]: the residual stream stays float32, as in ggml
         cos = self.rope_cos[step.positions][:, None]  # [B, 1, T, n_rot/2]
         sin = self.rope_sin[step.positions][:, None]
         scale = 1.0 / math.sqrt(p.head_dim)
-        qd, kvd = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        H, HKV, hd, dt = p.n_head, p.n_head_kv, p.head_dim, self.dtype
         for il, L in enumerate(self.layers):
-            h = rms_norm(x, L.attn_norm, p.rms_eps)
-            q, k, v = L.qkv.split(L.qkv(h))
-            q = apply_rope(q.view(B, T, p.n_head, p.head_dim).transpose(1, 2), cos, sin, self.rope_neox)
-            k = apply_rope(k.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2), cos, sin, self.rope_neox)
-            v = v.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2)
-            x = x + L.wo(attend(q, k, v, cache, il, step, scale))
-            h = rms_norm(x, L.ffn_norm, p.rms_eps)
+            h = rms_norm(x, L.attn_norm, p.rms_eps).to(dt)
+            qkv = L.qkv(h)
+            # Q and K rotate in one call: [B, H+HKV, T, hd]
+            qk = apply_rope(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd).transpose(1, 2), cos, sin,
+                            self.rope_neox)
+            v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
+            x = x + L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
+            h = rms_norm(x, L.ffn_norm, p.rms_eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))
             x = x + L.down(F.silu(g) * u)
         return self.head(x, out_index, hidden)
@@ -141,23 +143,9 @@ class LlamaModel:
         if out_index is not None:
             x = x[out_index]
         x = rms_norm(x, self.out_norm, self.params.rms_eps)
-        return x.float() if hidden else self.output(x).float()
+        return x.float() if hidden else self.output(x.to(self.dtype)).float()
 
     def weight_bytes_per_token(self) -> int:
         n = sum(l.qkv.nbytes_decode + l.wo.nbytes_decode + l.gate_up.nbytes_decode + l.down.nbytes_decode
                 for l in self.layers)
         return n + self.output.nbytes_decode
-
-
-class _TiedOutput:
-    """The output projection reusing the token embedding matrix."""
-
-    def __init__(self, emb: torch.Tensor):
-        self.emb = emb
-
-    def __call__(self, x):
-        return F.linear(x, self.emb)
-
-    @property
-    def nbytes_decode(self) -> int:
-        return self.emb.numel() * self.emb.element_size()
