@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,18 @@ class Step:
     mask: torch.Tensor
     n_visible: int
     rows_contiguous: tuple[int, int] | None  # (first, count) when rows are a plain range
+    _biases: dict = field(default_factory=dict, repr=False)  # additive masks, built once per forward
+
+    def attention_bias(self, mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+        """mask [B, 1, T, S] (bool) -> additive bias [B, 1, group*T, S] for grouped queries (see attend)."""
+        key = (id(mask), group, dtype)
+        hit = self._biases.get(key)
+        if hit is None:
+            B, _, T, S = mask.shape
+            m = mask[:, :, None].expand(B, 1, group, T, S).reshape(B, 1, group * T, S)
+            bias = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+            hit = self._biases[key] = (mask, bias)  # keep `mask` alive so its id stays unique
+        return hit[1]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,9 +90,12 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
         keys, values = kc[first : first + count, :, :S], vc[first : first + count, :, :S]
     else:
         keys, values = kc[step.rows, :, :S], vc[step.rows, :, :S]
-    out = F.scaled_dot_product_attention(
-        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=step.mask if mask is None else mask, scale=scale,
-        enable_gqa=True,
-    )
-    B, H, T, D = out.shape
-    return out.transpose(1, 2).reshape(B, T, H * D)
+    B, H, T, D = q.shape
+    group = H // keys.shape[1]
+    # Grouped-query attention without copying K/V: the `group` query heads that share a KV head are
+    # stacked along the query axis, so one plain SDPA call (with an additive mask, which the fused
+    # kernels accept) serves them all.
+    qg = q.reshape(B, H // group, group * T, D)
+    bias = step.attention_bias(step.mask if mask is None else mask, group, q.dtype)
+    out = F.scaled_dot_product_attention(qg, keys.to(q.dtype), values.to(q.dtype), attn_mask=bias, scale=scale)
+    return out.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
