@@ -103,7 +103,12 @@ class AtomicOutput:
         except OSError as e:
             raise LlamatorchError(f"cannot write to {parent}: {e.strerror}") from None
         self.tmp = Path(tmp)
-        self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+        try:
+            self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, data) -> None:
         self.file.write(data)

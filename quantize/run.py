@@ -100,8 +100,11 @@ def plan(f: GGUFFile, opts: Options) -> tuple[list[PlannedTensor], TypePolicy]:
     return out, policy
 
 
-def _convert(src: T, dst: T, raw: np.ndarray, n_per_row: int) -> np.ndarray:
-    return blocks.quantize_rows(dst, blocks.to_float32(src, raw, n_per_row))
+def _convert(name: str, src: T, dst: T, raw: np.ndarray, n_per_row: int) -> np.ndarray:
+    x = blocks.to_float32(src, raw, n_per_row)
+    if not np.isfinite(x).all():  # llama.cpp's loader refuses such data (check_tensors)
+        raise LlamatorchError(f"tensor {name} contains NaN or infinite values")
+    return blocks.quantize_rows(dst, x)
 
 
 def _work_items(f: GGUFFile, tensors: list[PlannedTensor]):
@@ -117,7 +120,7 @@ def _work_items(f: GGUFFile, tensors: list[PlannedTensor]):
         src_row = t.src_bytes // nrows
         for r0 in range(0, nrows, rows):
             r1 = min(nrows, r0 + rows)
-            yield idx, r1 == nrows, None, (t.src, t.dst, raw[r0 * src_row : r1 * src_row], n_per_row)
+            yield idx, r1 == nrows, None, (t.name, t.src, t.dst, raw[r0 * src_row : r1 * src_row], n_per_row)
 
 
 def _progress(enabled: bool, total: int):
@@ -160,10 +163,11 @@ def quantize_model(opts: Options) -> Summary:
             f.alignment,
         )
         nthreads = opts.nthreads if opts.nthreads > 0 else (os.cpu_count() or 1)
-        out = AtomicOutput(opts.output)
         progress = _progress(opts.progress, len(tensors))
         pool = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="quantize")
+        out = None
         try:
+            out = AtomicOutput(opts.output)
             out.write(header)
             if progress:
                 progress.start()
@@ -195,7 +199,8 @@ def quantize_model(opts: Options) -> Summary:
             out.commit()
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
-            out.abort()
+            if out is not None:
+                out.abort()
             raise
         finally:
             pool.shutdown(wait=True)
@@ -214,8 +219,11 @@ def quantize_model(opts: Options) -> Summary:
 
 def print_summary(s: Summary, file=sys.stderr) -> None:
     mib = 1024.0 * 1024.0
-    for line in s.fallbacks:
+    shown = 8  # llama.cpp prints every one; a big model has hundreds
+    for line in s.fallbacks[:shown]:
         print(f"warning: {line}", file=file)
+    if len(s.fallbacks) > shown:
+        print(f"warning: ... and {len(s.fallbacks) - shown} more tensors fall back the same way", file=file)
     print(f"model size  = {s.size_in / mib:8.2f} MiB ({s.size_in * 8.0 / s.n_elements:.2f} BPW)", file=file)
     print(f"quant size  = {s.size_out / mib:8.2f} MiB ({s.size_out * 8.0 / s.n_elements:.2f} BPW)", file=file)
     if s.fallbacks:

@@ -121,3 +121,17 @@ def test_interrupt_leaves_no_file(tmp_path, fixture_gguf):
     assert proc.returncode != 0
     assert "Traceback" not in err, err
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_nan_weights_refused(tmp_path, fixture_gguf):
+    from llamatorch.core.gguf_file import GGUFFile
+
+    data = bytearray(fixture_gguf.read_bytes())
+    with GGUFFile(fixture_gguf) as f:
+        off = f.tensors["blk.1.ffn_up.weight"].offset
+    data[off + 100 : off + 102] = b"\x00\x7e"  # an F16 NaN
+    bad = tmp_path / "in.gguf"
+    bad.write_bytes(bytes(data))
+    proc = run_cli("quantize", "--no-progress", str(bad), str(tmp_path / "out.gguf"), "Q4_0")
+    assert_clean_error(proc, "blk.1.ffn_up.weight contains NaN")
+    _nothing_left(tmp_path)
