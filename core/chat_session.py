@@ -63,15 +63,18 @@ class ChatSession:
     def _fit(self) -> tuple[list[int], int]:
         """Tokens of the conversation + generation prompt, dropping old turns until they fit."""
         limit = self.engine.n_ctx - CTX_MARGIN
-        dropped = 0
         ids = self._tokens()
-        while len(ids) > limit:
-            first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
-            if len(self.messages) - first <= 1:  # only the new message is left
-                n = len(ids)
-                self.messages.pop()
-                raise ContextFull(f"the message does not fit in the context ({n} tokens with the template, "
-                                  f"context size {self.engine.n_ctx}): shorten it or raise -c")
+        if len(ids) <= limit:
+            return ids, 0
+        first = 1 if self.messages[0]["role"] == "system" else 0
+        alone = self.messages[:first] + self.messages[-1:]
+        n_alone = len(self.engine.tokenizer.encode(self.template.apply(alone, True), True, True))
+        if n_alone > limit:  # hopeless even without history: refuse it, keep the history
+            self.messages.pop()
+            raise ContextFull(f"the message does not fit in the context ({n_alone} tokens with the template, "
+                              f"context size {self.engine.n_ctx}): shorten it or raise -c")
+        dropped = 0
+        while len(ids) > limit and len(self.messages) - first > 1:
             # drop the oldest exchange: a user message and the reply that follows it
             del self.messages[first]
             dropped += 1
@@ -79,6 +82,9 @@ class ChatSession:
                 del self.messages[first]
                 dropped += 1
             ids = self._tokens()
+        if len(ids) > limit:
+            self.messages.pop()
+            raise ContextFull(f"the message does not fit in the context (context size {self.engine.n_ctx})")
         return ids, dropped
 
     # --- one turn ----------------------------------------------------------------------------------
@@ -104,14 +110,14 @@ class ChatSession:
                        start=n_keep, stats=turn)
         try:
             for t in gen:
+                if should_stop():  # checked before showing t: a stopped reply ends where the user saw it
+                    stop = "interrupted"
+                    break
                 out.append(t)
                 piece = stream.feed(t)
                 if piece:
                     parts.append(piece)
                     on_text(piece)
-                if should_stop():
-                    stop = "interrupted"
-                    break
         finally:
             gen.close()
             self._account(turn)
@@ -126,8 +132,9 @@ class ChatSession:
                 stop = "limit"
             else:
                 stop = "context"
-        # generate() evaluates every yielded token except the last, unless it went on to sample EOG
-        evaluated = out if stop == "eog" else out[:-1]
+        # generate() evaluates a yielded token when asked for the next one: all of `out` is in the cache
+        # after an EOG or an interruption, all but the last after the -n limit or a full context
+        evaluated = out if stop in ("eog", "interrupted") else out[:-1]
         self.cached = ids + evaluated
         text = "".join(parts)
         self.messages.append({"role": "assistant", "content": text})
