@@ -12,6 +12,8 @@ import functools
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
+from llamatorch.core.errors import LlamatorchError
+
 from . import kquants, legacy
 
 QUANTIZERS = {
@@ -46,7 +48,10 @@ def row_bytes(qtype: T, n_per_row: int) -> int:
 
 
 def quantize_rows(qtype: T, x: np.ndarray) -> np.ndarray:
-    out = QUANTIZERS[qtype](np.ascontiguousarray(x, dtype=np.float32))
+    # C overflows to inf and divides by zero silently (results then masked or stored as C stores
+    # them); numpy would warn about each
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        out = QUANTIZERS[qtype](np.ascontiguousarray(x, dtype=np.float32))
     return out.reshape(-1)
 
 
@@ -67,5 +72,8 @@ def to_float32(qtype: T, raw: np.ndarray, n_per_row: int) -> np.ndarray:
     else:
         from gguf import quants  # exact for the ggml block types (tested against ggml upstream)
 
-        x = quants.dequantize(raw, qtype).astype(np.float32, copy=False)
+        try:
+            x = quants.dequantize(raw, qtype).astype(np.float32, copy=False)
+        except NotImplementedError:
+            raise LlamatorchError(f"cannot dequantize tensor type {qtype.name}") from None
     return x.reshape(-1, n_per_row)

@@ -162,7 +162,7 @@ def quantize_model(opts: Options) -> Summary:
             opts.file_type.ftype,
             f.alignment,
         )
-        nthreads = opts.nthreads if opts.nthreads > 0 else (os.cpu_count() or 1)
+        nthreads = opts.nthreads if opts.nthreads > 0 else len(os.sched_getaffinity(0))
         progress = _progress(opts.progress, len(tensors))
         pool = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="quantize")
         out = None
@@ -197,10 +197,12 @@ def quantize_model(opts: Options) -> Summary:
                     if progress:
                         progress.update(task, advance=1, description=f"{t.name} {t.dst.name}")
             out.commit()
-        except BaseException:
+        except BaseException as e:
             pool.shutdown(wait=True, cancel_futures=True)
             if out is not None:
                 out.abort()
+            if isinstance(e, OSError):  # e.g. disk full
+                raise LlamatorchError(f"writing {opts.output}: {e.strerror or e}") from None
             raise
         finally:
             pool.shutdown(wait=True)
