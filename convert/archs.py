@@ -18,6 +18,7 @@ from llamatorch.core.errors import LlamatorchError
 
 from . import vocab
 from .hparams import architecture, find
+from .special_tokens import tokenizer_json
 from .text_params import rope_parameters, write_text_params
 
 log = logging.getLogger("llamatorch.convert")
@@ -80,6 +81,10 @@ class TextArch:
 
     def transform(self, name: str, t, bid: int | None) -> Iterator[tuple[str, Any]]:
         yield self.map_name(name), t
+
+    def value_preserving(self, name: str) -> bool:
+        """True when `transform` only moves data (no arithmetic), so it may run in the stored dtype."""
+        return True
 
     def force_f32(self, new_name: str, bid: int | None) -> bool:
         """Tensors the reference always keeps in F32 besides 1-D ones, norms and non-weights."""
@@ -188,9 +193,9 @@ class Llama(TextArch):
         if (self.model_dir / "tokenizer.model").is_file():
             vocab.write_sentencepiece(w, self.model_dir, self.hparams.get("vocab_size"))
         else:
-            tok_json = self.model_dir / "tokenizer.json"
-            if tok_json.is_file():
-                model = json.loads(tok_json.read_text(encoding="utf-8")).get("model", {})
+            tj = tokenizer_json(self.model_dir)
+            if tj:
+                model = tj.get("model", {})
                 if model.get("type") == "BPE" and model.get("byte_fallback") and not model.get("ignore_merges"):
                     raise LlamatorchError("Llama-2-style BPE tokenizer.json (byte fallback) is not supported yet")
             vocab.write_gpt2(w, self.model_dir, self.hparams)
@@ -238,7 +243,7 @@ class Gemma3(TextArch):
     def _n_vocab_real(self) -> int:
         if (self.model_dir / "tokenizer.model").is_file():
             return len(vocab.sentencepiece_vocab(self.model_dir, self._spm_vocab_size())[0])
-        tj = json.loads((self.model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        tj = tokenizer_json(self.model_dir)
         return len(tj["model"]["vocab"]) + len(tj["added_tokens"])
 
     def _spm_vocab_size(self):
@@ -253,6 +258,9 @@ class Gemma3(TextArch):
         if name.endswith("norm.weight"):
             t = t + 1.0  # Gemma3RMSNorm computes x * (1 + w); llama.cpp wants the plain factor
         yield from super().transform(name, t, bid)
+
+    def value_preserving(self, name):
+        return not name.endswith("norm.weight")
 
     def set_params(self, w, ftype):
         super().set_params(w, ftype)

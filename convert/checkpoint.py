@@ -9,7 +9,6 @@ only a memory-mapped view until the writer asks for it: memory stays near the la
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +49,23 @@ class TensorRef:
         return getattr(torch, _DTYPES[self.dtype][1])
 
     def load(self):
-        """The tensor as a torch tensor over a read-only memory map (no copy)."""
+        """The tensor as a torch tensor over a fresh buffer.
+
+        Read with readinto rather than memory-mapped: mapped pages would stay in the process's RSS
+        until exit, so memory would grow with the model instead of the largest tensor."""
         import torch
 
         np_dtype, _ = _DTYPES[self.dtype]
-        arr = np.memmap(self.file, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))
-        arr = arr.view(np_dtype)
-        import warnings
-
-        with warnings.catch_warnings():
-            # torch warns that the memmap is read-only; we never write through it
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(arr)
+        buf = np.empty(self.nbytes, dtype=np.uint8)
+        with open(self.file, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            view, got = memoryview(buf), 0
+            while got < self.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise LlamatorchError(f"{self.file.name}: truncated while reading tensor {self.name!r}")
+                got += n
+        t = torch.from_numpy(buf.view(np_dtype))
         if self.dtype == "BF16":
             t = t.view(torch.bfloat16)
         elif self.dtype == "BOOL":

@@ -16,7 +16,7 @@ from .checkpoint import index_checkpoint
 from .hparams import load_hparams
 from .metadata import OUTTYPES, load_metadata, output_path
 from .plan import PlannedTensor, guess_ftype, make_plan
-from .writer import file_size, write_file
+from .writer import GGUFWriter, file_size, write_file
 
 log = logging.getLogger("llamatorch.convert")
 
@@ -46,7 +46,7 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
 
     # the reference overwrites some keys on purpose (e.g. Gemma 3's defaults); gguf warns on each
     logging.getLogger("gguf.gguf_writer").setLevel(logging.ERROR)
-    w = gguf.GGUFWriter(path=None, arch=arch.arch_name)
+    w = GGUFWriter(path=None, arch=arch.arch_name)
     plan: list[PlannedTensor] = []
     if not vocab_only:
         plan = make_plan(arch, refs, ftype)

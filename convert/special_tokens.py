@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ DEFAULT_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@lru_cache(maxsize=4)
+def tokenizer_json(model_dir: Path) -> dict | None:
+    """tokenizer.json, parsed once per run (it is megabytes; several steps read it). Do not mutate."""
+    return _json(model_dir / "tokenizer.json")
 
 
 def _merge_strings(merges: list) -> list[str]:
@@ -139,7 +146,7 @@ class SpecialTokens:
             cfg["sep_token"] = sp["eos"]
 
     def _from_tokenizer_files(self) -> None:
-        tok = _json(self.model_dir / "tokenizer.json")
+        tok = tokenizer_json(self.model_dir)
         added: list = []
         if tok:
             if self.load_merges:
