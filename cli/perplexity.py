@@ -140,6 +140,11 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
     if n_chunk < 1:
         raise LlamatorchError("--chunks must be at least 1 (or -1 for all)")
     n_seq, n_batch = batch_shape(n_ctx, n_batch)
+    if kl_base is not None and dtype == "auto":
+        # a base file is the yardstick other models are measured against: exact float math
+        # (bf16 activations move the stored log-probs by up to ~0.2 nats on SmolLM2's F16 copy)
+        dtype = "f32"
+        log("perplexity: writing a KL-divergence base: --dtype auto means f32 here")
     engine = _load_engine(path, n_ctx, n_seq, threads, dtype, device)
     writer = None
     if kl_base is not None:
