@@ -39,10 +39,10 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
     hparams = load_hparams(model_dir)
     cls = model_class(hparams)
     arch = cls(model_dir, hparams)
-    refs = index_checkpoint(model_dir) if not vocab_only or OUTTYPES[outtype] == gguf.LlamaFileType.GUESSED else {}
+    refs = _index(model_dir, vocab_only)
     ftype = OUTTYPES[outtype]
     if ftype == gguf.LlamaFileType.GUESSED:
-        ftype = guess_ftype(refs)
+        ftype = guess_ftype(arch, refs)
 
     # the reference overwrites some keys on purpose (e.g. Gemma 3's defaults); gguf warns on each
     logging.getLogger("gguf.gguf_writer").setLevel(logging.ERROR)
@@ -70,6 +70,15 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
         raise LlamatorchError(f"output folder {out.parent} does not exist")
     size = write_file(w, arch, plan, out, progress=progress)
     return Result(out, size, ftype, plan, written=True)
+
+
+def _index(model_dir: Path, vocab_only: bool):
+    try:
+        return index_checkpoint(model_dir)
+    except LlamatorchError:
+        if vocab_only:  # the vocabulary needs no weights (auto then falls back to f16, as the reference)
+            return {}
+        raise
 
 
 def _np_dtype():

@@ -42,16 +42,15 @@ def block_id(name: str) -> int | None:
     return next((int(p) for p in name.split(".") if p.isdecimal()), None)
 
 
-def guess_ftype(refs: dict[str, TensorRef]) -> gguf.LlamaFileType:
-    """`--outtype auto`: bf16 if the first matrix is bf16, else f16 (the reference's heuristic)."""
+def guess_ftype(arch: TextArch, refs: dict[str, TensorRef]) -> gguf.LlamaFileType:
+    """`--outtype auto`: the first bf16 or f16 matrix decides, else f16 (the reference's heuristic)."""
     for ref in refs.values():
-        if len(ref.shape) < 2:
+        if len(ref.shape) < 2 or arch.rename(ref.name) is None:
             continue
         if ref.dtype == "BF16":
             return gguf.LlamaFileType.MOSTLY_BF16
         if ref.dtype == "F16":
             return gguf.LlamaFileType.MOSTLY_F16
-        break
     return gguf.LlamaFileType.MOSTLY_F16
 
 

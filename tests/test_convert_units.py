@@ -1,0 +1,85 @@
+"""Converter internals: the NaN fallback of the fast cast, one-tensor-at-a-time streaming, `auto` type."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_convert_support import build_qwen
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory) -> Path:
+    return build_qwen(tmp_path_factory.mktemp("units") / "qwen2", 2)
+
+
+def test_fast_cast_matches_numpy_and_falls_back_on_nan(tmp_path):
+    """bf16 -> f16 in one torch cast equals the reference's f32 -> numpy f16, NaN payloads included."""
+    from safetensors.torch import save_file
+
+    import gguf
+    from llamatorch.convert.checkpoint import read_header
+    from llamatorch.convert.plan import PlannedTensor
+    from llamatorch.convert.writer import tensor_bytes
+
+    class Plain:  # a model class whose transform only renames
+        def value_preserving(self, name):
+            return True
+
+        def transform(self, name, t, bid):
+            yield name, t
+
+    bits = torch.arange(0, 65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(256, 256)
+    finite = torch.randn(64, 64).to(torch.bfloat16)
+    save_file({"all_bits": bits.contiguous(), "finite": finite}, tmp_path / "m.safetensors")
+    for ref in read_header(tmp_path / "m.safetensors").values():
+        p = PlannedTensor(ref.name, ref, ref.name, 0, ref.shape, gguf.GGMLQuantizationType.F16, ref.dtype)
+        ours = tensor_bytes(Plain(), p)
+        with np.errstate(over="ignore"):
+            want = ref.load().to(torch.float32).numpy().astype(np.float16)
+        assert ours.view(np.uint16).tobytes() == want.view(np.uint16).tobytes(), ref.name
+
+
+def test_tensors_are_streamed_one_at_a_time(qwen2, tmp_path, monkeypatch):
+    """At most one source tensor's buffer is alive while the file is written."""
+    from llamatorch.convert import checkpoint
+    from llamatorch.convert.pipeline import convert
+
+    alive, peak = set(), [0]
+    original = checkpoint.TensorRef.load
+
+    def tracking_load(self):
+        gc.collect()
+        t = original(self)
+        key = id(t)
+        alive.add(key)
+        weakref.finalize(t, alive.discard, key)
+        peak[0] = max(peak[0], len(alive))
+        return t
+
+    monkeypatch.setattr(checkpoint.TensorRef, "load", tracking_load)
+    convert(qwen2, tmp_path / "out.gguf", "f16", progress=False)
+    assert peak[0] == 1
+
+
+def test_auto_type_follows_first_half_precision_matrix(qwen2, tmp_path):
+    from llamatorch.convert.pipeline import convert
+
+    # the tiny Qwen2 is stored in f32: no bf16/f16 matrix, so auto means f16
+    r = convert(qwen2, tmp_path / "auto.gguf", "auto", dry_run=True)
+    assert r.ftype.name == "MOSTLY_F16" and not r.written and not (tmp_path / "auto.gguf").exists()
+
+
+def test_model_name_option(qwen2, tmp_path):
+    import gguf
+    from llamatorch.convert.pipeline import convert
+
+    r = convert(qwen2, tmp_path, "f32", model_name="Tiny Qwen Test", progress=False)
+    assert r.path.name.startswith("Tiny-Qwen-Test") and r.path.name.endswith("-F32.gguf")
+    field = gguf.GGUFReader(r.path).fields["general.name"]
+    assert field.contents() == "Tiny Qwen Test"
