@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+import os
+
 from .models.common import Step
 
 MIN_BUCKET = 256
@@ -26,14 +28,21 @@ class GraphedDecode:
     def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device):
         self.model, self.cache = model, cache
         B = batch_size
-        self.tokens = torch.zeros(B, 1, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(B, 1, dtype=torch.int64, device=device)
+        # tokens and positions travel together: one pinned host buffer, one copy per step
+        self.host = torch.zeros(2, B, dtype=torch.int64, pin_memory=True)
+        self.inputs = torch.zeros(2, B, dtype=torch.int64, device=device)
+        self.tokens = self.inputs[0].view(B, 1)
+        self.positions = self.inputs[1].view(B, 1)
         self.rows = torch.arange(B, dtype=torch.int64, device=device)
         self.valid = torch.ones(B, 1, dtype=torch.bool, device=device)
         self.cells = torch.arange(n_cells, device=device)
         self.n_cells, self.B = n_cells, B
         self.logits = None
         self.graph = None
+        # LLAMATORCH_COMPILE=1: fuse each step's elementwise work with torch.compile before capture
+        self._fwd = torch.compile(self._forward, dynamic=False) if os.environ.get("LLAMATORCH_COMPILE") == "1" else (
+            self._forward
+        )
 
     def _forward(self) -> torch.Tensor:
         mask = self.cells[None, None, None, :] <= self.positions[:, None, :, None]  # [B, 1, 1, S]
@@ -46,17 +55,19 @@ class GraphedDecode:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward()
+            for _ in range(3):
+                self._fwd()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._forward()
+            self.logits = self._fwd()
 
-    def run(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens/positions: [B] int64 (host or device). Returns [B, n_vocab] logits (a static buffer)."""
-        self.tokens.copy_(tokens.view(-1, 1), non_blocking=True)
-        self.positions.copy_(positions.view(-1, 1), non_blocking=True)
+    def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Returns [B, n_vocab] logits: a static buffer, overwritten by the next step."""
+        torch.cuda.current_stream().synchronize()  # the previous copy out of `host` has finished
+        self.host[0] = torch.as_tensor(tokens)
+        self.host[1] = torch.as_tensor(positions)
+        self.inputs.copy_(self.host, non_blocking=True)
         if self.graph is None:
             self.capture()
         self.graph.replay()

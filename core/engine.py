@@ -199,7 +199,7 @@ class Engine:
             g = self._graphs[key] = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)
         for s, p in zip(batch.seq, batch.pos):
             self.cache.seq_len[s] = max(self.cache.seq_len[s], p + 1)
-        return g.run(torch.tensor(batch.tokens), torch.tensor(batch.pos))
+        return g.run(batch.tokens, batch.pos)
 
     def weight_bytes_per_token(self) -> int:
         return self.model.weight_bytes_per_token()

@@ -75,6 +75,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
     return out if xpass.shape[-1] == 0 else torch.cat([out, xpass], dim=-1)
 
 
+def rope_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """ggml's normal-mode RoPE on x [B, T, NH, hd] (all hd dims rotated) with cis [B, T, 1, hd/2] complex64.
+
+    Adjacent pairs are complex numbers: one complex product rotates them (three kernels in all).
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (x.shape[-1] // 2, 2)))
+    return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
+
+
 def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None) -> torch.Tensor:
     """Write k/v ([B, Hkv, T, D]) into the cache, attend q ([B, H, T, D]) over the visible cells.
 

@@ -17,7 +17,7 @@ from ..errors import GGUFError
 from ..gguf_file import GGUFFile
 from ..weights import Linear, TensorRef
 from .outputs import tied_output
-from .common import Step, apply_rope, attend, rms_norm, rope_tables
+from .common import Step, attend, rms_norm, rope_pairs, rope_tables
 
 
 @dataclass
@@ -108,11 +108,15 @@ class LlamaModel:
             self.output = tied_output(self.tok_embd, dtype, device)
         self.rope_cos, self.rope_sin = None, None
         self.kv_heads, self.kv_dim = p.n_head_kv, p.head_dim
+        if not self.rope_neox and p.n_rot != p.head_dim:
+            raise GGUFError(f"{f.path.name}: partial rotary embeddings (rope.dimension_count {p.n_rot} < head "
+                            f"size {p.head_dim}) are not supported for {f.architecture}")
 
     def prepare(self, n_ctx: int) -> None:
         """Precompute position tables for a context of n_ctx (+1 trash cell)."""
         p = self.params
         self.rope_cos, self.rope_sin = rope_tables(n_ctx + 1, p.n_rot, p.rope_base, self.device, p.rope_scale)
+        self.rope_cis = torch.complex(self.rope_cos, self.rope_sin)
 
     def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
         """Run the batch; return logits [n_out, n_vocab] (or normed hidden states [n_out, n_embd] when
@@ -120,16 +124,14 @@ class LlamaModel:
         p = self.params
         B, T = step.tokens.shape
         x = self.tok_embd[step.tokens].float()  # [B, T, D]: the residual stream stays float32, as in ggml
-        cos = self.rope_cos[step.positions][:, None]  # [B, 1, T, n_rot/2]
-        sin = self.rope_sin[step.positions][:, None]
         scale = 1.0 / math.sqrt(p.head_dim)
         H, HKV, hd, dt = p.n_head, p.n_head_kv, p.head_dim, self.dtype
+        cis = self.rope_cis[step.positions][:, :, None]  # [B, T, 1, hd/2]
         for il, L in enumerate(self.layers):
             h = rms_norm(x, L.attn_norm, p.rms_eps).to(dt)
             qkv = L.qkv(h)
-            # Q and K rotate in one call: [B, H+HKV, T, hd]
-            qk = apply_rope(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd).transpose(1, 2), cos, sin,
-                            self.rope_neox)
+            # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
+            qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
             x = x + L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
             h = rms_norm(x, L.ffn_norm, p.rms_eps).to(dt)

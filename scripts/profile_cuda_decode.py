@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Where a CUDA decode step's time goes: graph replay alone vs the engine's per-token path, and the
+eager step's kernels (torch.profiler) sorted by GPU time.
+
+    python scripts/profile_cuda_decode.py MODEL.gguf [--batch 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from llamatorch.core.engine import Batch, Engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=100)
+    args = ap.parse_args()
+    B = args.batch
+    e = Engine(args.model, n_ctx=1024, n_seq=B, dtype="bf16", device="cuda")
+    step = Batch()
+    for s in range(B):
+        step.add(1, 100, seq=s, logits=True)
+    for _ in range(3):
+        e.decode(step)
+    torch.cuda.synchronize()
+    g = next(iter(e._graphs.values()))
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        g.graph.replay()
+    torch.cuda.synchronize()
+    replay = (time.perf_counter() - t0) / args.steps
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        int(torch.argmax(e.decode(step)[-1]))
+    full = (time.perf_counter() - t0) / args.steps
+    print(f"batch {B}: graph replay {replay * 1e3:.3f} ms/step ({B / replay:.0f} tok/s), "
+          f"engine step with sync {full * 1e3:.3f} ms ({B / full:.0f} tok/s)")
+    e.use_cuda_graphs = False
+    for _ in range(2):
+        e.decode(step)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            e.decode(step)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
