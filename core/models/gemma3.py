@@ -68,7 +68,7 @@ class Gemma3Model(QwenModel):
         self.swa_cos, self.swa_sin = rope_tables(n_ctx + 1, self.params.n_rot, self.rope_base_swa, self.device)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok_embd[tokens] * self.embd_scale
+        return super().embed(tokens) * self.embd_scale
 
     def layer_inputs(self, step: Step) -> list[tuple]:
         pos = step.positions
@@ -85,11 +85,11 @@ class Gemma3Model(QwenModel):
         return F.gelu(g, approximate="tanh")
 
     def block(self, il: int, L: Gemma3Layer, x: torch.Tensor, cache, step: Step, inputs: tuple) -> torch.Tensor:
-        eps = self.params.rms_eps
-        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps), cache, step, *inputs)
-        x = x + rms_norm(h, L.post_attn_norm, eps)
-        h = self.ffn(L, rms_norm(x, L.ffn_norm, eps))
-        return x + rms_norm(h, L.post_ffn_norm, eps)
+        eps, dt = self.params.rms_eps, self.dtype  # x: float32 residual stream; post-norms in float32 too
+        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        x = x + rms_norm(h.float(), L.post_attn_norm, eps)
+        h = self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
+        return x + rms_norm(h.float(), L.post_ffn_norm, eps)
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
         out = super().head(x, out_index, hidden)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..gguf_file import GGUFFile
 from .common import Step, apply_rope, attend, rms_norm
 from .llama import LlamaLayer, LlamaModel, check_shape
-from .outputs import tied_output
+from .outputs import for_decode, int8_wanted
 
 
 class QwenLayer(LlamaLayer):
@@ -51,15 +51,18 @@ class QwenModel(LlamaModel):
         super().__init__(f, dtype, device)
         p = self.params
         self.attn_scale = 1.0 / math.sqrt(p.head_dim)
-        if "output.weight" not in f.tensors:  # tied, and 151k-262k rows: keep decoding's product cheap
-            self.output = tied_output(self.tok_embd, dtype, device)
+        if int8_wanted(dtype, device):  # bf16 on CPU: int8 copies for decoding where int4 does not fit
+            for L in self.layers:
+                L.qkv, L.wo, L.gate_up, L.down = map(for_decode, (L.qkv, L.wo, L.gate_up, L.down))
+            if "output.weight" in f.tensors:  # (a tied one is already int8: see LlamaModel)
+                self.output = for_decode(self.output)
         self.output_bias = None
         if "output.bias" in f.tensors:
             self.output_bias = check_shape(f, "output.bias", (p.n_vocab,)).dequantize(device)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok_embd[tokens]  # [B, T, D]
+        return self.tok_embd[tokens].float()  # [B, T, D]: the residual stream stays float32, as in ggml
 
     def layer_inputs(self, step: Step) -> list[tuple]:
         """Per layer: (cos, sin, mask) for attention.  One RoPE table and the causal mask for all."""
@@ -92,9 +95,9 @@ class QwenModel(LlamaModel):
         return L.down(self.activation(g) * u)
 
     def block(self, il: int, L: QwenLayer, x: torch.Tensor, cache, step: Step, inputs: tuple) -> torch.Tensor:
-        eps = self.params.rms_eps
-        x = x + self.attention(L, il, rms_norm(x, L.attn_norm, eps), cache, step, *inputs)
-        return x + self.ffn(L, rms_norm(x, L.ffn_norm, eps))
+        eps, dt = self.params.rms_eps, self.dtype
+        x = x + self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        return x + self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
 
     # ---- the graph -----------------------------------------------------------------------------
     def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
