@@ -153,17 +153,14 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
     return status
 
 
-def chat_main(engine, sampler, first: str | None, system: str | None, single_turn: bool, template: str | None,
-              template_file: str | None, n_predict: int, n_batch: int):
-    """Set up the conversation for `llamatorch cli`; returns (exit status, generation stats)."""
-    from llamatorch.core import chat_template
+def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, single_turn: bool, n_predict: int,
+              n_batch: int):
+    """Run the conversation for `llamatorch cli`; returns (exit status, generation stats)."""
     from llamatorch.core.chat_session import ChatSession
 
-    md = engine.file.metadata
-    tmpl = chat_template.resolve(md, engine.tokenizer, engine.file.architecture, template, template_file, log=log)
-    log(f"cli: model {engine.file.path.name} ({engine.file.architecture}), "
-        f"n_ctx {engine.n_ctx}, dtype {str(engine.dtype).removeprefix('torch.')}, device {engine.device}, "
-        f"threads {engine.n_threads}, sampler seed {sampler.seed}")
+    log(f"cli: model {engine.file.path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
+        f"{str(engine.dtype).removeprefix('torch.')}, device {engine.device}, threads {engine.n_threads}, "
+        f"sampler seed {sampler.seed}")
     log(f"chat: template: {tmpl.source}")
     log("chat: template example:\n" + tmpl.example())
     session = ChatSession(engine, tmpl, sampler, n_predict=n_predict, n_batch=n_batch, system=system)

@@ -69,24 +69,35 @@ def command(
 
     t_start = time.perf_counter()
     path = resolve_model(model)
+    tmpl = None
+    if not no_conversation:
+        # the template is settled before the weights load: a bad one fails fast
+        from llamatorch.core.chat_template import resolve as resolve_template
+        from llamatorch.core.gguf_file import GGUFFile
+        from llamatorch.core.tokenizer import Tokenizer
+
+        gf = GGUFFile(path)
+        explicit = bool(gf.metadata.get("tokenizer.chat_template")) or chat_template is not None \
+            or chat_template_file is not None
+        if conversation or explicit:  # llama-completion: chat when the model has a template, or -cnv
+            tmpl = resolve_template(gf.metadata, Tokenizer.from_metadata(gf.metadata), gf.architecture,
+                                    chat_template, chat_template_file, log=log)
+        del gf
     engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
     tok = engine.tokenizer
     params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
     sampler = Sampler(params, engine.n_vocab)
-    has_template = bool(engine.file.metadata.get("tokenizer.chat_template")) or chat_template is not None \
-        or chat_template_file is not None
-    if conversation or (has_template and not no_conversation):
+    if tmpl is not None:
         from .chat import chat_main
 
-        status, stats = chat_main(engine, sampler, first=text or None, system=system_prompt, single_turn=single_turn,
-                           template=chat_template, template_file=chat_template_file, n_predict=n_predict,
-                           n_batch=batch_size)
+        status, stats = chat_main(engine, sampler, tmpl, first=text or None, system=system_prompt,
+                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size)
         _perf(engine.load_seconds, stats, time.perf_counter() - t_start)
         raise typer.Exit(status)
     if text is None or text == "":
-        raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE (or drop -no-cnv to chat)")
+        raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE (or -cnv to chat)")
     ids = tok.encode(text, add_special=True, parse_special=True)
     check_prompt_fits(len(ids), engine.n_ctx)
     log(f"cli: model {path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
