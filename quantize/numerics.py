@@ -52,15 +52,21 @@ def f16_round(v: np.ndarray) -> np.ndarray:
 
 
 def first_absmax(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Along `axis`: (amax, the signed value with the largest |x|, first one on ties).
+    """Per block along `axis`: (amax, the signed value with the largest |x|, first one on ties).
 
-    C scans with `if (amax < fabsf(v))` from amax = max = 0, so the earliest maximum wins (argmax
-    also returns the first) and an all-zero block keeps max = +0.0 even when it holds -0.0.
+    C scans with `if (amax < fabsf(v))` from amax = max = 0, so the earliest maximum wins and an
+    all-zero block keeps max = +0.0 even when it holds -0.0. The largest |x| is the block's max
+    or its min; only blocks holding both +a and -a need the scan order (found with argmax).
     """
-    a = np.abs(x)
-    idx = np.expand_dims(np.argmax(a, axis=axis), axis)
-    amax = np.take_along_axis(a, idx, axis=axis).squeeze(axis)
-    mx = np.take_along_axis(x, idx, axis=axis).squeeze(axis)
+    xc = x if axis == 0 else np.ascontiguousarray(x.T)  # reductions over axis 0 vectorise
+    hi = xc.max(axis=0)
+    neg = -xc.min(axis=0)
+    amax = np.maximum(hi, neg)
+    mx = np.where(hi >= neg, hi, -neg)
+    tie = np.flatnonzero((hi == neg) & (amax > 0))
+    if tie.size:
+        sub = xc[:, tie]
+        mx[tie] = sub[np.argmax(np.abs(sub), axis=0), np.arange(tie.size)]
     return amax, np.where(amax > 0, mx, F32(0))
 
 
