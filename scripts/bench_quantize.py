@@ -4,8 +4,12 @@
 Wall time of the whole command (Python start-up included), best and median of --repeat runs,
 plus the CPU seconds the command used (user+sys), on --threads threads. The load average is
 printed too: on a shared machine the wall time says as much about the neighbours as about us.
+With --llama-quantize PATH, llama-quantize runs beside us on the same file (same threads, same
+--taskset cores), its time replaces the figures from the issue, and the two output files are
+compared byte for byte.
 
     python scripts/bench_quantize.py [--threads 2] [--repeat 3] [--types Q8_0,Q4_0,Q6_K,Q4_K_M]
+        [--llama-quantize build/bin/llama-quantize] [--taskset 0,1] [--tiled-from FIXTURE]
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ from pathlib import Path
 LLAMA_CPP_SECONDS = {"Q8_0": 0.7, "Q4_0": 0.6, "Q6_K": 1.1, "Q4_K_M": 1.3}
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, child CPU seconds) of one CLI run."""
+OURS = [sys.executable, "-m", "llamatorch.cli.app"]
+
+
+def run(args: list[str], exe: list[str] = OURS, pin: list[str] = []) -> tuple[float, float]:
+    """(wall seconds, child CPU seconds) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "llamatorch.cli.app", *args], capture_output=True, text=True)
+    proc = subprocess.run([*pin, *exe, *args], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.exit(f"failed: llamatorch {' '.join(args)}\n{proc.stderr}")
+        sys.exit(f"failed: {' '.join(exe + args)}\n{proc.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
@@ -88,6 +95,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default=",".join(LLAMA_CPP_SECONDS))
     ap.add_argument("--f16", type=Path, help="F16 copy to use (default: made from the SmolLM2 Q4_1 file)")
+    ap.add_argument("--llama-quantize", type=Path, help="llama-quantize binary to time beside us")
+    ap.add_argument("--taskset", metavar="CPUS", help="pin both tools to these cores (taskset -c)")
     ap.add_argument("--tiled-from", type=Path, metavar="FIXTURE",
                     help="no real model here: time a SmolLM2-shaped file tiled from quant-fixture-f16.gguf")
     args = ap.parse_args()
@@ -105,23 +114,34 @@ def main() -> None:
             print("making the F16 copy (--allow-requantize ... F16)", file=sys.stderr)
             run(["quantize", "--no-progress", "--allow-requantize", str(hub.fetch("smollm2")), str(f16), "F16"])
 
-        print(f"threads {args.threads}, best/median of {args.repeat}, cores {os.cpu_count()}, "
-              f"load average before {os.getloadavg()[0]:.2f}")
-        header = f"{'type':<8} {'llama.cpp s':>11} {'ours best s':>11} {'median s':>9} {'cpu s':>6} {'ratio':>6}"
+        pin = ["taskset", "-c", args.taskset] if args.taskset else []
+        print(f"threads {args.threads}, best/median of {args.repeat}, cores {os.cpu_count()}"
+              f"{', pinned to ' + args.taskset if args.taskset else ''}, load average before {os.getloadavg()[0]:.2f}")
+        ref_label = "llama.cpp s" if args.llama_quantize else "issue's s"
+        header = f"{'type':<8} {ref_label:>11} {'ours best s':>11} {'median s':>9} {'cpu s':>6} {'ratio':>6}"
+        if args.llama_quantize:
+            header += "  same bytes"
         print(header)
         print("-" * len(header))
         for qtype in args.types.split(","):
             out = tmp / f"out-{qtype}.gguf"
+            ref = LLAMA_CPP_SECONDS.get(qtype)
+            same = ""
+            if args.llama_quantize:
+                theirs = tmp / f"llama-{qtype}.gguf"
+                ref = min(run([str(f16), str(theirs), qtype, str(args.threads)], [str(args.llama_quantize)], pin)[0]
+                          for _ in range(args.repeat))
             walls, cpus = [], []
             for _ in range(args.repeat):
-                wall, cpu = run(["quantize", "--no-progress", str(f16), str(out), qtype, str(args.threads)])
+                wall, cpu = run(["quantize", "--no-progress", str(f16), str(out), qtype, str(args.threads)], OURS, pin)
                 walls.append(wall)
                 cpus.append(cpu)
-            ref = LLAMA_CPP_SECONDS.get(qtype)
+            if args.llama_quantize:
+                same = "  yes" if theirs.read_bytes() == out.read_bytes() else "  NO"
             best = min(walls)
             ratio = f"{best / ref:5.2f}x" if ref else "   -"
-            ref_s = f"{ref:.1f}" if ref else "-"
-            print(f"{qtype:<8} {ref_s:>11} {best:>11.2f} {statistics.median(walls):>9.2f} {min(cpus):>6.2f} {ratio:>6}")
+            ref_s = f"{ref:.2f}" if ref else "-"
+            print(f"{qtype:<8} {ref_s:>11} {best:>11.2f} {statistics.median(walls):>9.2f} {min(cpus):>6.2f} {ratio:>6}{same}")
         print(f"load average after {os.getloadavg()[0]:.2f}")
 
 
