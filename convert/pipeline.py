@@ -4,6 +4,7 @@ tensor plan, `general.*` metadata, hyper-parameters, vocabulary, then the data."
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .checkpoint import index_checkpoint
 from .hparams import load_hparams
 from .metadata import OUTTYPES, load_metadata, output_path
 from .plan import PlannedTensor, guess_ftype, make_plan
+from .spool import DataSpool
 from .writer import GGUFWriter, file_size, write_file
 
 log = logging.getLogger("llamatorch.convert")
@@ -53,23 +55,40 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
         for p in plan:
             w.add_tensor_info(p.name, p.shape, _np_dtype(), p.nbytes, raw_dtype=p.qtype)
 
-    total, shared, expert, n_expert = w.get_total_parameter_count()
-    meta = load_metadata(model_dir, model_name, total)
-    if meta.size_label is None and total > 0:
-        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
-    w.add_type(gguf.GGUFType.MODEL)
-    meta.set_gguf_meta_model(w)
-    arch.set_params(w, ftype)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    out = output_path(outfile, model_dir, meta, ftype, total, vocab_only)
-    arch.set_vocab(w)
-
-    if dry_run:
-        return Result(out, file_size(w, plan), ftype, plan, written=False)
-    if not out.parent.is_dir():
-        raise LlamatorchError(f"output folder {out.parent} does not exist")
-    size = write_file(w, arch, plan, out, progress=progress)
+    spool = None
+    if plan and not dry_run:
+        out_dir = _out_dir(outfile, model_dir)
+        spool = DataSpool(arch, plan, out_dir / f".convert-{os.getpid()}.data", w.data_alignment, progress)
+    try:
+        total, shared, expert, n_expert = w.get_total_parameter_count()
+        meta = load_metadata(model_dir, model_name, total)
+        if meta.size_label is None and total > 0:
+            meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+        w.add_type(gguf.GGUFType.MODEL)
+        meta.set_gguf_meta_model(w)
+        arch.set_params(w, ftype)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        out = output_path(outfile, model_dir, meta, ftype, total, vocab_only)
+        arch.set_vocab(w)
+        if dry_run:
+            return Result(out, file_size(w, plan), ftype, plan, written=False)
+        if not out.parent.is_dir():
+            raise LlamatorchError(f"output folder {out.parent} does not exist")
+    except BaseException:
+        if spool is not None:
+            spool.discard()
+        raise
+    size = write_file(w, spool, out)
     return Result(out, size, ftype, plan, written=True)
+
+
+def _out_dir(outfile: Path | None, model_dir: Path) -> Path:
+    """The folder the output lands in (known before its file name, which needs the metadata)."""
+    target = outfile if outfile is not None else model_dir
+    folder = target if target.is_dir() else target.parent
+    if not folder.is_dir():
+        raise LlamatorchError(f"output folder {folder} does not exist")
+    return folder
 
 
 def _index(model_dir: Path, vocab_only: bool):

@@ -101,16 +101,19 @@ def file_size(w: gguf.GGUFWriter, plan: list[PlannedTensor]) -> int:
     return n
 
 
-def write_file(w: gguf.GGUFWriter, arch: TextArch, plan: list[PlannedTensor], out: Path,
-               progress: bool = True) -> int:
-    """Write header, KV, tensor infos and data to a temporary file, then rename it to `out`."""
+def write_file(w: gguf.GGUFWriter, spool, out: Path) -> int:
+    """Write header, KV and tensor infos to a temporary file, append the spooled tensor data, then
+    rename it to `out`. `spool` is a DataSpool (None for a vocabulary-only file)."""
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         w.write_header_to_file(path=tmp)
         w.write_kv_data_to_file()
-        if plan:
+        if spool is not None:
             w.write_ti_data_to_file()
-            _write_tensors(w, arch, plan, progress)
+            fout = w.fout[0]
+            w.write_padding(fout, fout.tell())
+            spool.finish()
+            spool.append_to(fout)
         w.close()
         os.replace(tmp, out)
     except BaseException:
@@ -120,22 +123,7 @@ def write_file(w: gguf.GGUFWriter, arch: TextArch, plan: list[PlannedTensor], ou
             pass
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if spool is not None:
+            spool.discard()
     return out.stat().st_size
-
-
-def _write_tensors(w: gguf.GGUFWriter, arch: TextArch, plan: list[PlannedTensor], progress: bool) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    total = sum(p.nbytes for p in plan)
-    cols = (TextColumn("{task.description:<32}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
-    with Progress(*cols, console=Console(stderr=True), transient=True, disable=not progress) as bar:
-        task = bar.add_task("writing", total=total)
-        for p in plan:
-            bar.update(task, description=p.name)
-            data = tensor_bytes(arch, p)
-            if data.nbytes != p.nbytes:
-                raise AssertionError(f"{p.name}: produced {data.nbytes} bytes, planned {p.nbytes}")
-            w.write_tensor_data(data)
-            bar.advance(task, p.nbytes)
-

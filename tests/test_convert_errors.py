@@ -103,3 +103,9 @@ def test_too_many_layers_for_config(model, tmp_path):
 def test_bad_outtype(model, tmp_path):
     proc = run_cli("convert-hf-to-gguf", str(model), "--outtype", "q4_0")
     assert_clean_error(proc, "--outtype must be one of")
+
+
+def test_broken_tokenizer_after_tensor_data_started(model, tmp_path):
+    """The vocabulary fails while tensor data is being spooled: both temporary files are removed."""
+    (model / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
+    convert_fails(model, tmp_path, "tokenizer.model")
