@@ -35,20 +35,32 @@ PIECES = list("abcXYZ019 .,!?'\"-_/\\()[]{}<>$+=^~|`@#%&*:;") + [
     "\u200d", "\u0378", "\ue000", "…", "。", "，", "1234567", "    ", "\U00020000", "<|im_start|>", "<|im_end|>",
     "<|endoftext|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]", "<mask>", "<pad>",
     "<unk>", "<b>", "</s>", "<s>", " Hello", " world", "don't", "I'm", "the", " of", "ing", "tion", "aaaa",
-    "http://x.y/z?q=1", "    return", "def f(x):",
+    "http://x.y/z?q=1", "    return", "def f(x):", " <mask>", "\n\t<mask>",
 ]
 
 
-def vocab_copy(src: Path, dst: Path, pre: str) -> None:
-    """A vocab-only GGUF: every metadata key of `src` (with another pre-tokenizer), no tensors."""
+# more than the pre-tokenizer: (base model, metadata overrides); tests/test_tokenizer_golden.py has the same table
+VARIANTS = {
+    "gemma3+space_prefix+eos": ("gemma3", {"tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_eos_token": True}),
+    "minilm+cased": ("minilm", {"tokenizer.ggml.normalizer.lowercase": False}),
+    "gemma3+mask-lstrip": ("gemma3", {"tokenizer.ggml.pre": "jina-v2-de"}),  # the pre name alone sets <mask> lstrip
+}
+
+
+def vocab_copy(src: Path, dst: Path, overrides: dict) -> None:
+    """A vocab-only GGUF: every metadata key of `src` (some overridden), no tensors."""
     r = gguf.GGUFReader(src)
     w = gguf.GGUFWriter(dst, arch=r.fields["general.architecture"].contents())
+    todo = dict(overrides)
     for k, f in r.fields.items():
         if k.startswith("GGUF.") or k == "general.architecture":
             continue
-        val = pre if k == "tokenizer.ggml.pre" else f.contents()
+        val = todo.pop(k) if k in todo else f.contents()
         vt = f.types[0]
         w.add_key_value(k, val, vt, sub_type=f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
+    for k, val in todo.items():
+        vt = gguf.GGUFValueType.BOOL if isinstance(val, bool) else gguf.GGUFValueType.STRING
+        w.add_key_value(k, val, vt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -85,8 +97,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     models = {"smollm2": smol, "gemma3": hub.resolve_model("gemma3"), "minilm": REF / "all-minilm-l6-v2-f16.gguf"}
     for pre in PRE_NAMES:
-        vocab_copy(smol, tmp / f"{pre}.gguf", pre)
+        vocab_copy(smol, tmp / f"{pre}.gguf", {"tokenizer.ggml.pre": pre})
         models[pre] = tmp / f"{pre}.gguf"
+    for name, (base, overrides) in VARIANTS.items():
+        vocab_copy(models[base], tmp / f"{name}.gguf", overrides)
+        models[name] = tmp / f"{name}.gguf"
     golden: dict[str, list] = {}
     bad = total = 0
     for name, path in models.items():
