@@ -118,3 +118,22 @@ def test_dry_run_prints_plan_and_writes_nothing(oracle, tmp_path):
     size = int(next(ln for ln in lines if ln.startswith("size:")).split()[1])
     real = convert(models["qwen2"], out, "q8_0", progress=False)
     assert real.size == size == out.stat().st_size
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_converted_file_runs_like_transformers(oracle, model, tmp_path):
+    """Our runtime on the converted f32 file gives transformers' float32 logits on the HF weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llamatorch.convert.pipeline import convert
+    from llamatorch.core.engine import Batch, Engine
+
+    models, _ = oracle
+    out = convert(models[model], tmp_path / "f32.gguf", "f32", progress=False).path
+    toks = [5, 17, 200, 33, 9, 101, 250, 7, 64, 3]
+    ours = Engine(out, n_ctx=32, dtype="f32", threads=2).decode(Batch.sequence(toks, all_logits=True))
+    hf = AutoModelForCausalLM.from_pretrained(models[model], dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf(torch.tensor([toks])).logits[0]
+    assert (ours - ref).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item())

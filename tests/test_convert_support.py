@@ -204,7 +204,8 @@ def build_gemma3(folder: Path) -> Path:
     _train_spm(folder, 400)
     cfg = Gemma3TextConfig(vocab_size=416, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-                           sliding_window=128, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+                           sliding_window=128, query_pre_attn_scalar=32,  # GGUF implies 1/sqrt(head_dim)
+                           pad_token_id=0, eos_token_id=1, bos_token_id=2)
     cfg.architectures = ["Gemma3ForCausalLM"]
     model = Gemma3ForCausalLM(cfg)
     _save(model, folder, torch.bfloat16)
