@@ -74,7 +74,7 @@ def test_stream_decoder_holds_back_split_characters(toks):
 
 @pytest.mark.parametrize("name", [SMOL, MINILM, GEMMA])
 def test_cli_ids_match(paths, name):
-    for e in REF[name][:6] + [REF[name][12]]:
+    for e in (REF[name][11], REF[name][12]):  # emoji/ZWJ and chat special tokens; the API test covers the rest
         p = run_cli("tokenize", "-m", str(paths[name]), "--stdin", "--ids", "--no-escape", input=e["text"])
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout) == e["ids"], e["text"]
