@@ -69,7 +69,9 @@ def command(
         raise LlamatorchError("must specify one of: --stdin, --file or --prompt")
     if escape:
         raw = process_escapes(raw)
-    text = raw.decode("utf-8", errors="replace")
+    # invalid bytes stay distinguishable (surrogate-escaped): the tokenizer turns each into U+FFFD as llama.cpp
+    # does (one per byte), or into a byte token for SentencePiece
+    text = raw.decode("utf-8", errors="surrogateescape")
 
     tok = Tokenizer.from_metadata(GGUFFile(hub.resolve_model(model)).metadata)
     add_special = tok.add_bos and not no_bos  # llama-tokenize passes add_bos as add_special

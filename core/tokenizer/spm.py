@@ -9,8 +9,12 @@ is no token falls back to byte tokens `<0xNN>`.  No pre-splitting: the whole fra
 from __future__ import annotations
 
 import heapq
+import re
 
 from .vocab import Vocab
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UTF8_LEN = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)  # by lead byte >> 4, as llama.cpp's unicode_len_utf8
 
 
 class SPM:
@@ -31,12 +35,33 @@ class SPM:
         return tid
 
     def encode_word(self, text: str, out: list[int]) -> None:
-        n = len(text)
-        if n == 0:
+        if not text:
             return
+        if _SURROGATE.search(text) is None:
+            # valid UTF-8: symbols are characters, text slices are the lookup keys
+            n = len(text)
+            self._merge(n, [1] * n, lambda s, e: text[s:e], out)
+        else:
+            # invalid bytes (surrogate-escaped): llama.cpp cuts symbols by the lead byte's length, even
+            # across invalid bytes, and looks tokens up by bytes; we work on bytes likewise
+            raw = text.encode("utf-8", "surrogateescape")
+            sizes, i = [], 0
+            while i < len(raw):
+                k = min(_UTF8_LEN[raw[i] >> 4], len(raw) - i)
+                sizes.append(k)
+                i += k
+            self._merge(len(raw), sizes, lambda s, e: raw[s:e].decode("utf-8", "surrogateescape"), out)
+
+    def _merge(self, length: int, sizes: list[int], key, out: list[int]) -> None:
+        """The merge loop over initial symbols of `sizes` (units of `key`'s offsets)."""
         t2i, scores = self.t2i, self.scores
-        start = list(range(n))  # symbol i covers text[start[i]:start[i]+size[i]]
-        size = [1] * n
+        n = len(sizes)
+        start = [0] * n  # symbol i covers key(start[i], start[i] + size[i])
+        pos = 0
+        for i, k in enumerate(sizes):
+            start[i] = pos
+            pos += k
+        size = list(sizes)
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
@@ -46,7 +71,7 @@ class SPM:
             if left < 0 or right < 0:
                 return
             s = start[left]
-            tid = t2i.get(text[s : s + size[left] + size[right]])
+            tid = t2i.get(key(s, s + size[left] + size[right]))
             if tid is not None:
                 heapq.heappush(heap, (-scores[tid], left, right, size[left] + size[right]))
 
@@ -67,11 +92,11 @@ class SPM:
         i = 0
         unk = self.vocab.special.get("unk")
         while i != -1:
-            piece = text[start[i] : start[i] + size[i]]
+            piece = key(start[i], start[i] + size[i])
             tid = t2i.get(piece)
             if tid is not None:
                 out.append(tid)
-            else:
+            else:  # no such token: byte tokens
                 for b in piece.encode("utf-8", "surrogateescape"):
                     bt = self.byte_token(b)
                     out.append(bt if bt is not None else unk)
