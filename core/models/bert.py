@@ -18,9 +18,8 @@ import torch.nn.functional as F
 
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
-from ..weights import Linear
+from ..weights import Linear, TensorRef
 from .common import Step
-from .llama import check_shape
 
 # llama.cpp's enum llama_pooling_type
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -68,6 +67,16 @@ class BertParams:
             pooling_type=int(f.get(key("pooling_type"), -1)),
             causal=bool(f.get(key("attention.causal"), False)),
         )
+
+
+def check_shape(f: GGUFFile, name: str, expected: tuple[int, ...]) -> TensorRef:
+    """The tensor `name`, with a clear error when it is missing or shaped wrong."""
+    info = f.tensors.get(name)
+    if info is None:
+        raise GGUFError(f"{f.path.name}: missing tensor {name}")
+    if tuple(info.shape) != tuple(expected):
+        raise GGUFError(f"{f.path.name}: tensor {name} has shape {list(info.shape)}, bert expects {list(expected)}")
+    return TensorRef(f, name)
 
 
 class _Dense:
