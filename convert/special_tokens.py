@@ -34,10 +34,12 @@ def _merge_strings(merges: list) -> list[str]:
     if isinstance(merges[0], str):
         return merges
     if isinstance(merges[0], list) and len(merges[0]) == 2:
-        # new pair format (transformers >= 4.45): spaces inside a part are shifted by 256, as llama.cpp expects
-        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
-                for pair in merges]
+        # new pair format (transformers >= 4.45): spaces inside a part become chr(32 + 256), as llama.cpp expects
+        return [f"{a.replace(' ', SHIFTED_SPACE)} {b.replace(' ', SHIFTED_SPACE)}" for a, b in merges]
     raise ValueError("unknown tokenizer merges format")
+
+
+SHIFTED_SPACE = chr(ord(" ") + 256)
 
 
 @dataclass

@@ -33,10 +33,14 @@ class GGUFWriter(gguf.GGUFWriter):
 def _pack_array(val, sub_type) -> bytes | None:
     """Item type, count and items of a homogeneous str/bytes, int or float list; None otherwise."""
     first = val[0]
-    if sub_type in (None, V.STRING) and all(isinstance(v, (str, bytes)) for v in val):
-        enc = [v.encode("utf-8") if isinstance(v, str) else v for v in val]
-        items = b"".join(struct.pack("<Q", len(e)) + e for e in enc)
-        return struct.pack("<IQ", V.STRING, len(val)) + items
+    if sub_type in (None, V.STRING) and isinstance(first, (str, bytes)):
+        try:
+            enc = [v.encode("utf-8") if type(v) is str else bytes(v) for v in val]
+        except TypeError:
+            return None
+        if not all(isinstance(v, (str, bytes)) for v in val):
+            return None
+        return struct.pack("<IQ", V.STRING, len(val)) + _pack_strings(enc)
     if sub_type is None and isinstance(first, int) and not isinstance(first, bool) \
             and all(isinstance(v, int) and not isinstance(v, bool) for v in val):
         arr = np.asarray(val, dtype=np.int64)
@@ -46,6 +50,19 @@ def _pack_array(val, sub_type) -> bytes | None:
     if sub_type is None and all(type(v) is float for v in val):
         return struct.pack("<IQ", V.FLOAT32, len(val)) + np.asarray(val, dtype="<f4").tobytes()
     return None
+
+
+def _pack_strings(enc: list[bytes]) -> bytes:
+    """u64 length + bytes for each string, laid out with numpy instead of one pack per item."""
+    lengths = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+    starts = np.arange(len(enc), dtype=np.int64) * 8 + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    out = np.empty(int(lengths.sum()) + 8 * len(enc), dtype=np.uint8)
+    is_len = np.zeros(out.size, dtype=bool)
+    idx = (starts[:, None] + np.arange(8)).reshape(-1)
+    out[idx] = lengths.astype("<u8").view(np.uint8)
+    is_len[idx] = True
+    out[~is_len] = np.frombuffer(b"".join(enc), dtype=np.uint8)
+    return out.tobytes()
 
 
 def tensor_bytes(arch: TextArch, p: PlannedTensor) -> np.ndarray:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from test_convert_support import build_smollm2, cache_root, oracle_cmd  # noqa: E402
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (bytes) and CPU seconds (user + system) of one child process."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
@@ -33,7 +33,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     p.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
                 "--outtype", args.outtype, "--outfile", str(ours_out)]
     ref_cmd, ref_env = oracle_cmd(model, args.outtype, ref_out)
 
-    results: dict[str, list[tuple[float, int]]] = {"llamatorch": [], "llama.cpp": []}
+    results: dict[str, list[tuple[float, int, float]]] = {"llamatorch": [], "llama.cpp": []}
     for _ in range(args.runs):  # interleaved, so machine load hits both alike
         results["llama.cpp"].append(timed(ref_cmd, ref_env))
         results["llamatorch"].append(timed(ours_cmd))
@@ -62,14 +62,15 @@ def main() -> None:
     size = ours_out.stat().st_size
     print(f"SmolLM2-135M-shaped random checkpoint -> {args.outtype} ({size / 1e6:.1f} MB), {args.runs} runs, "
           f"{os.cpu_count()} CPUs")
-    best = {}
+    best, cpu = {}, {}
     for name, runs in results.items():
-        walls = sorted(w for w, _ in runs)
-        best[name] = walls[0]
-        rss = max(r for _, r in runs)
+        walls = sorted(w for w, _, _ in runs)
+        best[name], cpu[name] = walls[0], min(c for _, _, c in runs)
+        rss = max(r for _, r, _ in runs)
         print(f"  {name:<11} wall best {walls[0]:.2f} s, median {walls[len(walls) // 2]:.2f} s, "
-              f"peak RSS {rss / 2**20:.0f} MiB")
-    print(f"  ratio (ours / reference, best wall): {best['llamatorch'] / best['llama.cpp']:.2f}x")
+              f"CPU {cpu[name]:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
+    print(f"  ratio (ours / reference): wall {best['llamatorch'] / best['llama.cpp']:.2f}x, "
+          f"CPU {cpu['llamatorch'] / cpu['llama.cpp']:.2f}x")
     print(f"  outputs identical: {same}")
 
 
