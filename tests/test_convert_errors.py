@@ -23,14 +23,27 @@ def model(good, tmp_path) -> Path:
     return Path(shutil.copytree(good, tmp_path / "model"))
 
 
-def convert_fails(model: Path, tmp_path: Path, fragment: str) -> None:
+def convert_fails(model: Path, tmp_path: Path, fragment: str, cli: bool = False) -> None:
+    """The conversion fails with `fragment` in its one-line error and leaves no file behind.
+
+    `cli` runs the command in a subprocess (the user's view: exit code, stderr, no traceback);
+    otherwise the pipeline runs in-process, which is much faster, and must raise LlamatorchError."""
+    from llamatorch.convert.pipeline import convert
+    from llamatorch.core.errors import LlamatorchError
+
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = run_cli("convert-hf-to-gguf", str(model), "--outtype", "f16", "--outfile", str(out_dir / "x.gguf"))
-    assert_clean_error(proc, fragment)
+    if cli:
+        proc = run_cli("convert-hf-to-gguf", str(model), "--outtype", "f16", "--outfile", str(out_dir / "x.gguf"))
+        assert_clean_error(proc, fragment)
+    else:
+        with pytest.raises(LlamatorchError) as exc:
+            convert(model, out_dir / "x.gguf", "f16", progress=False)
+        msg = str(exc.value)
+        assert fragment.lower() in msg.lower() and "\n" not in msg, msg
     assert list(out_dir.iterdir()) == [], "a failed conversion left files behind"
     if model.is_dir():
-        assert not [p for p in model.iterdir() if ".gguf" in p.name]
+        assert not [p for p in model.iterdir() if ".gguf" in p.name or p.name.endswith(".data")]
 
 
 def _config(model: Path) -> dict:
@@ -39,11 +52,11 @@ def _config(model: Path) -> dict:
 
 def test_folder_without_config(model, tmp_path):
     (model / "config.json").unlink()
-    convert_fails(model, tmp_path, "no config.json")
+    convert_fails(model, tmp_path, "no config.json", cli=True)
 
 
 def test_not_a_folder(tmp_path):
-    convert_fails(tmp_path / "nowhere", tmp_path, "not found")
+    convert_fails(tmp_path / "nowhere", tmp_path, "not found", cli=True)
 
 
 def test_unknown_architecture_names_supported_ones(model, tmp_path):
@@ -51,7 +64,8 @@ def test_unknown_architecture_names_supported_ones(model, tmp_path):
     cfg["architectures"] = ["FrobnicatorForCausalLM"]
     (model / "config.json").write_text(json.dumps(cfg))
     convert_fails(model, tmp_path, "unsupported architecture 'FrobnicatorForCausalLM'; supported: BertModel, "
-                                   "Gemma3ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM")
+                                   "Gemma3ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+                  cli=True)
 
 
 def test_corrupt_safetensors_header(model, tmp_path):
@@ -59,7 +73,7 @@ def test_corrupt_safetensors_header(model, tmp_path):
     data = bytearray(st.read_bytes())
     data[8:40] = b"\x00garbage, not a JSON header....."
     st.write_bytes(bytes(data))
-    convert_fails(model, tmp_path, "corrupt safetensors header")
+    convert_fails(model, tmp_path, "corrupt safetensors header", cli=True)
 
 
 def test_truncated_safetensors(model, tmp_path):
