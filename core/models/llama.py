@@ -100,17 +100,22 @@ class LlamaModel:
         self.dtype, self.device = dtype, device
         emb_ref = check_shape(f, "token_embd.weight", (p.n_vocab, p.n_embd))
         self.tok_embd = emb_ref.dequantize(device, dtype)
+        emb_ref.release()
         self.layers = [self.layer_class(f, p, il, dtype, device) for il in range(p.n_layer)]
         self.out_norm = check_shape(f, "output_norm.weight", (p.n_embd,)).dequantize(device)
-        if "output.weight" in f.tensors:
-            self.output = Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], dtype, device)
-        else:
-            self.output = tied_output(self.tok_embd, dtype, device)
+        self.output = self.make_output(f)
         self.rope_cos, self.rope_sin = None, None
         self.kv_heads, self.kv_dim = p.n_head_kv, p.head_dim
         if not self.rope_neox and p.n_rot != p.head_dim:
             raise GGUFError(f"{f.path.name}: partial rotary embeddings (rope.dimension_count {p.n_rot} < head "
                             f"size {p.head_dim}) are not supported for {f.architecture}")
+
+    def make_output(self, f: GGUFFile):
+        """The output projection: output.weight, or tied to the embeddings (families may override)."""
+        p = self.params
+        if "output.weight" in f.tensors:
+            return Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], self.dtype, self.device)
+        return tied_output(self.tok_embd, self.dtype, self.device)
 
     def prepare(self, n_ctx: int) -> None:
         """Precompute position tables for a context of n_ctx (+1 trash cell)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..weights import INT4_MAX_ROWS, Linear
 
-_CHUNK = 16384  # rows quantized at a time: bounds the float32 temporaries for 262k-row matrices
+_CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,3 +82,55 @@ class DenseOutput:
 def tied_output(emb: torch.Tensor, dtype: torch.dtype, device: torch.device):
     """The output projection reusing the embedding matrix `emb` (already dequantized to `dtype`)."""
     return Int8Linear(emb, [emb.shape[0]]) if int8_wanted(dtype, device) else DenseOutput(emb)
+
+
+def quantize_int4_groups(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """w: [N, K] -> tinygemm's CPU int4 layout (packed [N, K/2], scale_zero [K/group, N, 2] bf16).
+
+    Asymmetric per group: w ~= q * scale + min with q in 0..15; tinygemm computes (q - 8) * scale + zero.
+    """
+    N, K = w.shape
+    packed = torch.empty((N, K // 2), dtype=torch.uint8, device=w.device)
+    sz = torch.empty((K // group, N, 2), dtype=torch.bfloat16, device=w.device)
+    for i in range(0, N, _CHUNK):
+        g = w[i : i + _CHUNK].float().unflatten(1, (K // group, group))  # [n, K/g, g]
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp_min(1e-30)
+        q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).flatten(1)
+        packed[i : i + _CHUNK] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+        sz[:, i : i + _CHUNK] = torch.stack([scale, lo + 8.0 * scale], dim=-1).transpose(0, 1).to(torch.bfloat16)
+    return packed, sz
+
+
+class Int4TopOutput(DenseOutput):
+    """A large-vocabulary output matrix for decoding: int4 scores for every row, then the `top` best
+    rows scored again exactly (bf16 dense rows) and written over the approximations.
+
+    On Gemma 3's tied 262144 x 640 matrix the int4 pass reads 84 MB instead of 168 MB (int8) or 335 MB
+    (bf16), about half the time of int8 (10 ms vs 22 ms, 1 thread).  Its error (mean 0.3, max 3 logits,
+    logit std 7 on real hidden states) never reaches the head of the distribution: on 119 real rows
+    the exact top-40 was always within the int4 top-128, and we rescore 256.  So greedy picks and the
+    default sampler chain (top-k 40 first) see float32 products of the bf16 weights; only the far
+    tail stays approximate.
+    Many rows (prefill, perplexity) use the dense GEMM; the float32 path never uses this class.
+    """
+
+    def __init__(self, weight: torch.Tensor, top: int = 256):
+        super().__init__(weight)
+        self.top = min(top, weight.shape[0])
+        self.packed, self.scale_zero = quantize_int4_groups(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > INT4_MAX_ROWS:
+            return F.linear(x, self.weight)
+        x2 = x.reshape(rows, x.shape[-1])
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, 32, self.scale_zero).float()
+        idx = y.topk(self.top, dim=-1).indices  # [rows, top]
+        # the head in float32: bf16 outputs (spacing 0.125 at logit 20) would decide close greedy calls
+        y.scatter_(-1, idx, torch.einsum("rmk,rk->rm", self.weight[idx].float(), x2.float()))
+        return y.reshape(*x.shape[:-1], -1)
+
+    @property
+    def nbytes_decode(self) -> int:
+        return self.packed.numel() + self.scale_zero.numel() * 2 + self.top * self.weight.shape[1] * 2

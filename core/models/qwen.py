@@ -17,8 +17,11 @@ import torch.nn.functional as F
 
 from ..gguf_file import GGUFFile
 from .common import Step, apply_rope, attend, rms_norm
+from ..weights import Linear
 from .llama import LlamaLayer, LlamaModel, check_shape
-from .outputs import for_decode, int8_wanted
+from .outputs import Int4TopOutput, for_decode, int8_wanted
+
+LARGE_VOCAB = 100_000  # Qwen 151k, Gemma 262k
 
 
 class QwenLayer(LlamaLayer):
@@ -54,11 +57,20 @@ class QwenModel(LlamaModel):
         if int8_wanted(dtype, device):  # bf16 on CPU: int8 copies for decoding where int4 does not fit
             for L in self.layers:
                 L.qkv, L.wo, L.gate_up, L.down = map(for_decode, (L.qkv, L.wo, L.gate_up, L.down))
-            if "output.weight" in f.tensors:  # (a tied one is already int8: see LlamaModel)
-                self.output = for_decode(self.output)
         self.output_bias = None
         if "output.bias" in f.tensors:
             self.output_bias = check_shape(f, "output.bias", (p.n_vocab,)).dequantize(device)
+
+    def make_output(self, f: GGUFFile):
+        """Large vocabularies (Qwen 151k, Gemma 262k) on the bf16 CPU path: int4 scores + exact top rows
+        (most of a decode step's bytes, see outputs.py); others as llama, int8 for decoding."""
+        large = int8_wanted(self.dtype, self.device) and self.params.n_vocab >= LARGE_VOCAB
+        if large and "output.weight" not in f.tensors:
+            return Int4TopOutput(self.tok_embd)
+        out = super().make_output(f)
+        if not isinstance(out, Linear) or out.packed is not None:  # tied (see llama), or already int4
+            return out
+        return Int4TopOutput(out.dense) if large else for_decode(out)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
