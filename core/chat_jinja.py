@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
-from jinja2.ext import loopcontrols
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import LlamatorchError
@@ -78,13 +78,24 @@ def _strftime_now(fmt):
     return datetime.datetime.now().strftime(str(fmt))
 
 
+class _Generation(Extension):
+    """transformers' {% generation %}...{% endgeneration %} (marks assistant text for training masks):
+    for inference the body renders as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 class ChatSandbox(ImmutableSandboxedEnvironment):
     """The sandbox, plus size checks on the operations that could run for minutes in C."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%", "//", "/"})
 
     def __init__(self):
-        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation])
         self.filters = {k: _guard_filter(v) for k, v in self.filters.items()}
         self.filters["tojson"] = _guard_filter(_tojson)
         self.globals["raise_exception"] = _raise_exception
@@ -173,6 +184,9 @@ def _bounded(time_limit: float):
 
 def _limit_memory():
     """Lower RLIMIT_AS to current size + headroom; returns the function that restores it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return lambda: None  # the CUDA driver maps memory from its own threads: leave it alone
     try:
         import resource
 
