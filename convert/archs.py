@@ -8,7 +8,6 @@ device, so the same code plans output shapes without reading a byte and later co
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +19,6 @@ from . import vocab
 from .hparams import architecture, find
 from .special_tokens import tokenizer_json
 from .text_params import rope_parameters, write_text_params
-
-log = logging.getLogger("llamatorch.convert")
 
 REGISTRY: dict[str, type["TextArch"]] = {}
 
@@ -194,13 +191,19 @@ class Llama(TextArch):
             vocab.write_sentencepiece(w, self.model_dir, self.hparams.get("vocab_size"))
         else:
             tj = tokenizer_json(self.model_dir)
-            if tj:
-                model = tj.get("model", {})
-                if model.get("type") == "BPE" and model.get("byte_fallback") and not model.get("ignore_merges"):
-                    raise LlamatorchError("Llama-2-style BPE tokenizer.json (byte fallback) is not supported yet")
+            if tj and _is_llama_hf_bpe(tj):
+                # the reference's LlamaHfVocab path (SentencePiece-like BPE in tokenizer.json)
+                raise LlamatorchError("Llama-2-style BPE tokenizer.json (byte fallback) is not supported yet")
             vocab.write_gpt2(w, self.model_dir, self.hparams)
         if self.hparams.get("vocab_size", 32000) == 49152:
             w.add_add_bos_token(False)  # granite-small/SmolLM vocab: the reference forces this
+
+
+def _is_llama_hf_bpe(tj: dict) -> bool:
+    model = tj.get("model", {})
+    llama3 = model.get("type") == "BPE" and model.get("ignore_merges", False) and not model.get("byte_fallback", True)
+    return (not llama3 and model.get("type") == "BPE" and model.get("byte_fallback", False)
+            and (tj.get("decoder") or {}).get("type") == "Sequence")
 
 
 @register("Qwen2ForCausalLM")
@@ -225,10 +228,11 @@ class Qwen3(Qwen2):
     def __init__(self, model_dir, hparams):
         super().__init__(model_dir, hparams)
         # the reference converts Qwen3 rerankers differently; we do not
-        hints = [model_dir.name, str(self.hparams.get("_name_or_path", ""))]
+        hints = [model_dir.name, str(self.hparams.get("_name_or_path", "")), str(self.hparams.get("model_type", ""))]
         readme = model_dir / "README.md"
         text = readme.read_text(encoding="utf-8", errors="replace").lower() if readme.is_file() else ""
-        if "# qwen3-reranker" in text or any("reranker" in h.lower() for h in hints):
+        if ("# qwen3-reranker" in text or "# qwen3-vl-reranker" in text
+                or any(k in h.lower() for h in hints for k in ("qwen3-reranker", "qwen3-vl-reranker"))):
             raise LlamatorchError("Qwen3 reranker checkpoints are not supported")
 
     def required_tensors(self):
@@ -285,9 +289,6 @@ class Gemma3(TextArch):
             w.add_add_space_prefix(False)
         else:
             vocab.write_gpt2(w, self.model_dir, self.hparams)
-
-    def rename(self, name):
-        return super().rename(name)
 
     def expected_shapes(self):
         shapes = super().expected_shapes()

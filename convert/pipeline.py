@@ -20,8 +20,6 @@ from .plan import PlannedTensor, guess_ftype, make_plan
 from .spool import DataSpool
 from .writer import GGUFWriter, file_size, write_file
 
-log = logging.getLogger("llamatorch.convert")
-
 
 @dataclass
 class Result:

@@ -9,13 +9,10 @@ rule and the normalizer flags, so its output would differ from the reference; he
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("llamatorch.convert")
 
 DEFAULT_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 

@@ -3,14 +3,11 @@ the normalised RoPE parameters they come from. Keys are written in the reference
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import gguf
 
 from .hparams import find
-
-log = logging.getLogger("llamatorch.convert")
 
 
 def rope_parameters(hp: dict[str, Any]) -> dict[str, Any]:

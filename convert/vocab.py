@@ -14,8 +14,6 @@ from llamatorch.core.errors import LlamatorchError
 
 from .special_tokens import SpecialTokens
 
-log = logging.getLogger("llamatorch.convert")
-
 # gguf.TokenType values (SentencePiece's own numbering is the same)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
