@@ -99,7 +99,18 @@ def resolve(metadata: dict, tok, arch: str, override: str | None = None, overrid
         return jinja(override, "inline Jinja (--chat-template)")
     src = metadata.get("tokenizer.chat_template")
     if isinstance(src, str) and src.strip():
-        return jinja(src, "the model's Jinja template (tokenizer.chat_template)")
+        try:
+            t = jinja(src, "the model's Jinja template (tokenizer.chat_template)")
+            t.example()  # a template that cannot render a plain conversation fails here, not mid-chat
+            return t
+        except LlamatorchError as e:
+            name = detect(src)
+            if getattr(e, "hostile", False) or name is None:
+                raise LlamatorchError(f"{e} (the model's own template; --chat-template NAME picks a built-in)") \
+                    from None
+            if log is not None:
+                log(f"chat: the model's template does not render ({e}); using the built-in '{name}' it resembles")
+            return ChatTemplate(name, f"built-in '{name}' (the model's template failed)")
     name, why = _fallback_for(arch, tok)
     if log is not None:
         extra = "" if name == "chatml" else " rather than llama.cpp's ChatML fallback"

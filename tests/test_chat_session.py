@@ -100,3 +100,18 @@ def test_template_choice_by_flag(engine):
 
     with pytest.raises(LlamatorchError, match="not a built-in"):
         resolve(md, tok, arch, override="chatmlx")
+
+
+def test_model_template_that_cannot_render(engine):
+    """A model template that fails on a plain conversation falls back to the built-in it resembles;
+    a hostile one is an error, never a fallback."""
+    from llamatorch.core.errors import LlamatorchError
+
+    md, tok = dict(engine.file.metadata), engine.tokenizer
+    md["tokenizer.chat_template"] = "{{ functions.name }}<|start_header_id|><|end_header_id|>"
+    lines = []
+    assert resolve(md, tok, "llama", log=lines.append).name == "llama3"
+    assert "llama3" in lines[0]
+    md["tokenizer.chat_template"] = "{% for m in messages %}{{ m.__class__ }}{% endfor %}<|im_start|>"
+    with pytest.raises(LlamatorchError, match="unsafe"):
+        resolve(md, tok, "llama")
