@@ -17,6 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from .errors import LlamatorchError
 
 QK_K = 256
+CHUNK_VALUES = 1 << 22  # values dequantized per slice (16 MiB of float32)
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -270,10 +271,21 @@ def as_blocks(raw: np.ndarray | torch.Tensor, qtype: GGMLQuantizationType, devic
 
 
 def dequantize(raw, qtype: GGMLQuantizationType, shape, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Raw bytes of a tensor -> float tensor of row-major `shape` (ggml dims reversed)."""
+    """Raw bytes of a tensor -> float tensor of row-major `shape` (ggml dims reversed).
+
+    Works through the blocks in slices, writing each into the output, so the float32 intermediates
+    of a large matrix never exist all at once.
+    """
     fmt = block_format(qtype)
-    out = fmt.dequantize(as_blocks(raw, qtype, device))
-    return out.reshape(shape).to(dtype)
+    blocks = as_blocks(raw, qtype, device)
+    n = blocks.shape[0]
+    step = max(1, CHUNK_VALUES // fmt.block_size)
+    if n <= step:
+        return fmt.dequantize(blocks).reshape(shape).to(dtype)
+    out = torch.empty((n, fmt.block_size), dtype=dtype, device=blocks.device)
+    for i in range(0, n, step):
+        out[i : i + step] = fmt.dequantize(blocks[i : i + step])
+    return out.reshape(shape)
 
 
 def unpack_int4(raw, qtype: GGMLQuantizationType, shape, device=None):

@@ -261,6 +261,23 @@ class GGUFFile:
             raise GGUFError(f"{self.path.name}: missing tensor {name}") from None
         return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release(self, name: str | None = None) -> None:
+        """Drop the resident pages of a tensor's bytes (or of all tensor data) once they are converted.
+
+        The mapping is private and never written, so a later read simply faults the bytes back in
+        from the file; meanwhile the process does not hold both the raw and the converted weights.
+        """
+        if name is None:
+            start, end = self.data_offset, len(self._buf)
+        else:
+            info = self.tensors[name]
+            start, end = info.offset, info.offset + info.nbytes
+        page = mmap.PAGESIZE
+        start = (start + page - 1) // page * page
+        end = end // page * page
+        if end > start:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         """Unmap now if nothing else holds a view (metadata arrays and tensor views keep it alive)."""
         try:

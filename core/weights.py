@@ -36,6 +36,10 @@ class TensorRef:
         info = self.info
         return formats.dequantize(self.file.raw(self.name), info.qtype, info.shape, device=device, dtype=dtype)
 
+    def release(self) -> None:
+        """The raw bytes are converted: let their file pages go (see GGUFFile.release)."""
+        self.file.release(self.name)
+
 
 def int4_packable(refs: list[TensorRef]) -> bool:
     if not refs or any(not formats.block_format(r.info.qtype).int4_groups for r in refs):
@@ -86,6 +90,8 @@ class Linear:
         self.packed = None
         if int4 and dtype == torch.bfloat16 and int4_packable(refs):
             self.packed, self.scale_zero = _pack_int4(refs, device)
+        for r in refs:
+            r.release()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
