@@ -125,10 +125,9 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
             try:
                 reply = session.reply(text, write, lambda: state.interrupted)
             except ContextFull as e:
-                state.generating = False
-                log(f"chat: {e}")
                 if single_turn:
-                    return 1
+                    raise  # nothing was answered: an error (one line, exit 1)
+                log(f"chat: {e}")
                 continue
             finally:
                 state.generating = False
