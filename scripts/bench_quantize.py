@@ -10,6 +10,9 @@ compared byte for byte.
 
     python scripts/bench_quantize.py [--threads 2] [--repeat 3] [--types Q8_0,Q4_0,Q6_K,Q4_K_M]
         [--llama-quantize build/bin/llama-quantize] [--taskset 0,1] [--tiled-from FIXTURE]
+
+    # no timing: whole-file comparison with llama-quantize over many option sets
+    python scripts/bench_quantize.py --compare FIXTURE --llama-quantize build/bin/llama-quantize
 """
 
 from __future__ import annotations
@@ -89,6 +92,41 @@ def make_tiled_f16(fixture: Path, out: Path, n_layer: int = 30, n_vocab: int = 4
                 w.write(b"\0" * (pad(sz, f.alignment) - sz))
 
 
+# (name, input: "fixture" or an earlier case's output, options + type)
+COMPARE_CASES = [
+    *[(t, "fixture", [t]) for t in "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K F16 BF16 F32".split()],
+    *[(f"pure-{t}", "fixture", ["--pure", t]) for t in "Q2_K Q3_K_M Q4_K_M Q5_K_S Q6_K Q8_0".split()],
+    ("by-number-15", "fixture", ["15"]),
+    ("output-tensor-type", "fixture", ["--output-tensor-type", "q4_0", "Q4_K_M"]),
+    ("token-embedding-type", "fixture", ["--token-embedding-type", "q5_1", "Q4_K_M"]),
+    ("pure-embedding-f16", "fixture", ["--pure", "--token-embedding-type", "f16", "Q5_K_M"]),
+    ("leave-output", "fixture", ["--leave-output-tensor", "Q6_K"]),
+    ("requant-q8_0", "Q8_0", ["--allow-requantize", "Q4_K_M"]),
+    ("requant-k-mix", "Q4_K_M", ["--allow-requantize", "Q8_0"]),
+    ("from-bf16", "BF16", ["Q4_K_M"]),
+    ("from-f32", "F32", ["Q6_K"]),
+    ("bf16-to-f16", "BF16", ["F16"]),
+]
+
+
+def compare(fixture: Path, llama_quantize: Path, tmp: Path, threads: int) -> None:
+    """Run both tools on the same inputs and compare the output files byte for byte."""
+    outputs, differ = {"fixture": fixture}, 0
+    for name, source, opts in COMPARE_CASES:
+        src = outputs[source]
+        *flags, qtype = opts
+        theirs, ours = tmp / f"llama-{name}.gguf", tmp / f"ours-{name}.gguf"
+        run([*flags, str(src), str(theirs), qtype, str(threads)], [str(llama_quantize)])
+        run(["quantize", "--no-progress", *flags, str(src), str(ours), qtype, str(threads)])
+        same = theirs.read_bytes() == ours.read_bytes()
+        differ += not same
+        outputs[name] = ours
+        print(f"{name:<22} {'identical' if same else 'DIFFER':<9} {ours.stat().st_size:>10} bytes")
+    print(f"{len(COMPARE_CASES)} cases, {differ} differ")
+    if differ:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -97,12 +135,18 @@ def main() -> None:
     ap.add_argument("--f16", type=Path, help="F16 copy to use (default: made from the SmolLM2 Q4_1 file)")
     ap.add_argument("--llama-quantize", type=Path, help="llama-quantize binary to time beside us")
     ap.add_argument("--taskset", metavar="CPUS", help="pin both tools to these cores (taskset -c)")
+    ap.add_argument("--compare", type=Path, metavar="FIXTURE",
+                    help="with --llama-quantize: compare whole output files over many option sets, no timing")
     ap.add_argument("--tiled-from", type=Path, metavar="FIXTURE",
                     help="no real model here: time a SmolLM2-shaped file tiled from quant-fixture-f16.gguf")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         tmp = Path(tmp)
+        if args.compare:
+            if not args.llama_quantize:
+                sys.exit("--compare needs --llama-quantize")
+            return compare(args.compare, args.llama_quantize, tmp, args.threads)
         f16 = args.f16
         if f16 is None and args.tiled_from:
             f16 = tmp / "tiled-f16.gguf"
