@@ -47,7 +47,6 @@ class PlannedTensor:
     ne: tuple[int, ...]
     src: T
     dst: T
-    offset: int  # in the input file
     src_bytes: int
     dst_bytes: int
 
@@ -96,7 +95,7 @@ def plan(f: GGUFFile, opts: Options) -> tuple[list[PlannedTensor], TypePolicy]:
         nrows = t.n_elements // t.ne[0] if t.ne else 1
         dst_bytes = t.nbytes if dst == t.qtype else nrows * blocks.row_bytes(dst, t.ne[0])
         ne = tuple(t.ne[: n_dims(t.ne)]) if t.ne else (1,)
-        out.append(PlannedTensor(name, ne, t.qtype, dst, t.offset, t.nbytes, dst_bytes))
+        out.append(PlannedTensor(name, ne, t.qtype, dst, t.nbytes, dst_bytes))
     return out, policy
 
 

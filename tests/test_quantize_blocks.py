@@ -59,3 +59,16 @@ def test_kquants_round_trip(qtype):
     assert (np.abs(back - x) <= 4 * scale / 2**bits + 1e-6).all()
     # an all-zero super-block is all zero bytes, as C's memset/zero scales give
     assert not packed.reshape(x.shape[0], -1)[1].any()
+
+
+def test_axis0_reduce_is_sequential():
+    """search._sum relies on numpy reducing the outer axis row after row (C's loop order);
+    values spanning many magnitudes make any reordering show."""
+    from llamatorch.quantize.numerics import seqsum
+    from llamatorch.quantize.search import _sum
+
+    rng = np.random.default_rng(7)
+    for n in (16, 32):
+        a = (rng.standard_normal((n, 4099)) * np.exp(rng.uniform(-12, 12, (n, 4099)))).astype(np.float32)
+        assert _sum(a).tobytes() == seqsum(a).tobytes()
+    assert _sum(-np.zeros((32, 3), np.float32)).tobytes() == np.zeros(3, np.float32).tobytes()  # 0 + -0 = +0
