@@ -40,10 +40,12 @@ class QwenLayer(LlamaLayer):
                 else torch.zeros(size, dtype=dtype, device=device)
                 for (n, size), ok in zip(biases, present)
             ])
-        self.q_norm = self.k_norm = None
-        if pre + "attn_q_norm.weight" in f.tensors:  # Qwen 3 (and Gemma 3)
-            self.q_norm = check_shape(f, pre + "attn_q_norm.weight", (p.head_dim,)).dequantize(device)
-            self.k_norm = check_shape(f, pre + "attn_k_norm.weight", (p.head_dim,)).dequantize(device)
+        self.qk_norm = None
+        if pre + "attn_q_norm.weight" in f.tensors:  # Qwen 3 (and Gemma 3): per-head RMSNorm of Q and K
+            qn = check_shape(f, pre + "attn_q_norm.weight", (p.head_dim,)).dequantize(device)
+            kn = check_shape(f, pre + "attn_k_norm.weight", (p.head_dim,)).dequantize(device)
+            # one weight row per head of the fused [Q heads | K heads] block: both normed in one go
+            self.qk_norm = torch.cat([qn.expand(p.n_head, -1), kn.expand(p.n_head_kv, -1)])
 
 
 class QwenModel(LlamaModel):
@@ -85,19 +87,16 @@ class QwenModel(LlamaModel):
     def attention(self, L: QwenLayer, il: int, h: torch.Tensor, cache, step: Step, cos, sin, mask) -> torch.Tensor:
         p = self.params
         B, T, _ = h.shape
+        H, HKV, hd = p.n_head, p.n_head_kv, p.head_dim
         y = L.qkv(h)
         if L.qkv_bias is not None:
             y = y + L.qkv_bias
-        q, k, v = L.qkv.split(y)
-        q = q.view(B, T, p.n_head, p.head_dim)
-        k = k.view(B, T, p.n_head_kv, p.head_dim)
-        if L.q_norm is not None:
-            q = rms_norm(q, L.q_norm, p.rms_eps)
-            k = rms_norm(k, L.k_norm, p.rms_eps)
-        q = apply_rope(q.transpose(1, 2), cos, sin, neox=True)
-        k = apply_rope(k.transpose(1, 2), cos, sin, neox=True)
-        v = v.view(B, T, p.n_head_kv, p.head_dim).transpose(1, 2)
-        return L.wo(attend(q, k, v, cache, il, step, self.attn_scale, mask))
+        qk = y[..., : (H + HKV) * hd].view(B, T, H + HKV, hd)  # Q and K heads side by side: few kernels
+        if L.qk_norm is not None:
+            qk = (F.rms_norm(qk.float(), (hd,), None, p.rms_eps) * L.qk_norm).to(h.dtype)
+        qk = apply_rope(qk.transpose(1, 2), cos, sin, neox=True)  # [B, H + HKV, T, hd]
+        v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
+        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask))
 
     def activation(self, g: torch.Tensor) -> torch.Tensor:
         return F.silu(g)
