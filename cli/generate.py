@@ -43,6 +43,7 @@ def command(
     single_turn: Annotated[bool, typer.Option("-st", "--single-turn", help="chat: answer one message, then exit")] = False,
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="chat: a built-in template name (chatml, llama3, gemma, ...) or inline Jinja")] = None,
     chat_template_file: Annotated[Optional[str], typer.Option("--chat-template-file", help="chat: Jinja template file")] = None,
+    jinja: Annotated[bool, typer.Option("--jinja/--no-jinja", help="chat: render Jinja templates (--no-jinja: only llama.cpp's built-ins)")] = True,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
@@ -81,7 +82,7 @@ def command(
             or chat_template_file is not None
         if conversation or explicit:  # llama-completion: chat when the model has a template, or -cnv
             tmpl = resolve_template(gf.metadata, Tokenizer.from_metadata(gf.metadata), gf.architecture,
-                                    chat_template, chat_template_file, log=log)
+                                    chat_template, chat_template_file, log=log, use_jinja=jinja)
         del gf
     engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
     tok = engine.tokenizer

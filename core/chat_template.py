@@ -73,13 +73,22 @@ def _fallback_for(arch: str, tok) -> tuple[str, str]:
 
 
 def resolve(metadata: dict, tok, arch: str, override: str | None = None, override_file: str | None = None,
-            log=None) -> ChatTemplate:
-    """The template for this model and these flags; `log` gets one line when we pick a fallback."""
+            log=None, use_jinja: bool = True) -> ChatTemplate:
+    """The template for this model and these flags; `log` gets one line when we pick a fallback.
+
+    use_jinja=False is llama.cpp's --no-jinja: a Jinja source is only used to detect a built-in.
+    """
     if override is not None and override_file is not None:
         raise LlamatorchError("give either --chat-template or --chat-template-file, not both")
     bos, eos = _piece(tok, tok.vocab.special.get("bos")), _piece(tok, tok.vocab.special.get("eos"))
 
     def jinja(src: str, where: str) -> ChatTemplate:
+        if not use_jinja:
+            name = detect(src)
+            if name is None:
+                raise LlamatorchError(f"chat template ({where}) is not one llama.cpp's built-ins recognise: "
+                                      "drop --no-jinja")
+            return ChatTemplate(name, f"built-in '{name}' (detected from {where}, --no-jinja)")
         return ChatTemplate("jinja", where, JinjaTemplate(src, bos, eos), add_bos=tok.add_bos, add_eos=tok.add_eos)
 
     if override_file is not None:

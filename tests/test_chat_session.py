@@ -100,6 +100,8 @@ def test_template_choice_by_flag(engine):
 
     with pytest.raises(LlamatorchError, match="not a built-in"):
         resolve(md, tok, arch, override="chatmlx")
+    # --no-jinja: the model's Jinja only picks a built-in (llama.cpp's legacy path)
+    assert resolve(md, tok, arch, use_jinja=False).name == "chatml"
 
 
 def test_model_template_that_cannot_render(engine):
