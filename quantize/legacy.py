@@ -25,8 +25,9 @@ def _f16_bytes(v: np.ndarray) -> np.ndarray:
 def _min_max(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """C's `if (v < min) min = v; if (v > max) max = v;` scan: values as np.min/np.max, but a
     zero extreme keeps the sign of the first zero met (0.0 and -0.0 compare equal in C)."""
-    mn = xb.min(axis=1)
-    mx = xb.max(axis=1)
+    xt = np.ascontiguousarray(xb.T)  # reductions over the outer axis vectorise across blocks
+    mn = xt.min(axis=0)
+    mx = xt.max(axis=0)
     for ext in (mn, mx):
         z = np.flatnonzero(ext == 0)
         if z.size:
