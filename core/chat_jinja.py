@@ -89,10 +89,18 @@ class _Generation(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+def _bounded_concat(parts):
+    # what {% set x %}...{% endset %} and macro calls join their output with
+    parts = list(parts)
+    _check_seq(sum(map(len, parts)))
+    return "".join(parts)
+
+
 class ChatSandbox(ImmutableSandboxedEnvironment):
     """The sandbox, plus size checks on the operations that could run for minutes in C."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%", "//", "/"})
+    concat = staticmethod(_bounded_concat)
 
     def __init__(self):
         super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation])

@@ -80,6 +80,8 @@ HOSTILE = {
     "string_bomb": "{{ 'a' * 10**10 }}",
     "doubling_bomb": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
                      "{% endfor %}{{ ns.s }}",
+    "block_set_bomb": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set t %}{{ ns.s }}{{ ns.s }}"
+                      "{% endset %}{% set ns.s = t %}{% endfor %}{{ ns.s }}",
     "width_bomb": "{{ 'a'.ljust(10**10) }}",
     "format_bomb": "{{ '{:>10000000000}'.format(1) }}",
     "recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
