@@ -34,6 +34,8 @@ def command(
     model_dir = resolve_model(model)
     if not model_dir.is_dir():
         raise LlamatorchError(f"{model} is not a checkpoint folder")
+    if outfile is None and not Path(model).expanduser().exists():
+        outfile = Path.cwd()  # a registered name: write here, not into the model cache
     result = convert(model_dir, outfile, outtype, vocab_only=vocab_only, dry_run=dry_run, model_name=model_name,
                      progress=sys.stderr.isatty())
     if dry_run:
