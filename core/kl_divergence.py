@@ -83,9 +83,8 @@ class KLStats:
         logits = logits.float()
         n, n_vocab = logits.shape
         tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))[:, None]
-        max_l, imax = logits.max(dim=-1)
-        sum_exp = torch.exp(logits - max_l[:, None]).sum(dim=-1, dtype=torch.float64)
-        log_norm = max_l + torch.log(sum_exp).float()  # log of the softmax denominator, float32
+        imax = logits.argmax(dim=-1)
+        log_norm = torch.logsumexp(logits, dim=-1)  # log of the softmax denominator
         nll = log_norm - logits.gather(1, tgt)[:, 0]
         base = unpack_log_probs(base_rows, n_vocab)  # [n, n_vocab] log p, float32
         nll_base = -base.gather(1, tgt)[:, 0]

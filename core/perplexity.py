@@ -113,12 +113,13 @@ def evaluate_chunks(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batc
 
 
 def token_nll(logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
-    """-log p(target) per row, float64: max + log(sum exp(l - max)) - l[target], as llama.cpp."""
+    """-log p(target) per row, float64: log(sum exp(l)) - l[target], as llama.cpp.
+
+    torch.logsumexp is ~3x cheaper than max/exp/sum spelled out (Gemma's 262k vocab made that 14% of
+    a run); it sums in float32, which moves the result by ~1e-6 relative."""
     tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))
-    max_l = logits.max(dim=-1).values
-    sum_exp = torch.exp(logits - max_l[:, None]).sum(dim=-1, dtype=torch.float64)
     picked = logits.gather(1, tgt[:, None])[:, 0]
-    return max_l.double() + torch.log(sum_exp) - picked.double()
+    return torch.logsumexp(logits, dim=-1).double() - picked.double()
 
 
 def eta_text(seconds_per_pass: float, n_chunk: int, n_seq: int) -> str:

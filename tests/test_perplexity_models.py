@@ -146,6 +146,7 @@ def test_quant_chain_perplexity(smollm2_copies, qtype):
         assert proc.returncode == 0, proc.stderr
     assert path.stat().st_size == ref["size_bytes"]
     _, ppl, _ = run_ppl(path)
+    print(f"{qtype}: PPL {ppl:.4f}, llama.cpp {ref['ppl']:.4f} ({100 * (ppl / ref['ppl'] - 1):+.2f}%)")
     assert abs(ppl / ref["ppl"] - 1) <= TOL, (qtype, ppl, ref["ppl"])
 
 
