@@ -55,6 +55,11 @@ def command(
     if batch_size < 1 or ubatch_size < 1 or repeats < 1 or ctx_size < 0:
         raise LlamatorchError("-b, -ub and --repeats must be >= 1, -c >= 0")
 
+    from ._omp import passive_if_oversubscribed
+
+    note = passive_if_oversubscribed()  # before torch loads
+    if note:
+        log(note)
     from llamatorch.core.batched_bench import BatchedBench, Row, combinations
     from llamatorch.core.engine import Engine
     from llamatorch.core.gguf_file import GGUFFile

@@ -44,6 +44,11 @@ def command(
     if text == "":
         raise LlamatorchError("empty prompt: give text with -p or a non-empty file with -f")
 
+    from ._omp import passive_if_oversubscribed
+
+    note = passive_if_oversubscribed()  # before torch loads
+    if note:
+        log(note)
     from llamatorch.core.pooling import parse_pooling
 
     parse_pooling(pooling)  # a bad name fails before the model loads

@@ -88,3 +88,18 @@ def test_cli_jsonl_rows(smollm2_path):
 def test_cli_bad_input():
     assert_clean_error(run_cli("batched-bench", "-m", "smollm2", "--output-format", "csv"), "output-format")
     assert_clean_error(run_cli("batched-bench", "-m", "smollm2", "-npl", "1,x"), "-npl")
+
+
+def test_cli_markdown_skips_what_does_not_fit(tmp_path):
+    path = write_llama_gguf(hf_llama(tiny_llama_config()), tmp_path / "tiny.gguf")
+    proc = run_cli("batched-bench", "-m", str(path), "-c", "48", "-npp", "8", "-ntg", "4", "-npl", "1,2,8", "-t", "1",
+                   "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("llama_batched_bench: n_kv_max = 48, n_batch = 2048, n_ubatch = 512,")
+    assert lines[3] == ("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s "
+                        "|    S t/s |")
+    rows = [ln for ln in lines[5:] if ln.startswith("|")]
+    assert [r.split("|")[1:5] for r in rows] == [["     8 ", "      4 ", "    1 ", "     12 "],
+                                                 ["     8 ", "      4 ", "    2 ", "     24 "]]  # 8*12 > 48: skipped
+    assert all(r.count("±") == 6 for r in rows)
