@@ -70,13 +70,17 @@ def tensor_bytes(arch: TextArch, p: PlannedTensor) -> np.ndarray:
     import torch
 
     src = p.source.load()
-    if p.qtype in (Q.F16, Q.F32) and arch.value_preserving(p.src_name):
-        # Fast path: move the data in its stored dtype and cast once. bf16 -> f16 equals the
-        # reference's bf16 -> f32 -> f16 (bf16 -> f32 is exact) and torch rounds like numpy, except
-        # for NaN payloads: a tensor with NaNs takes the reference's path below.
-        target = torch.float16 if p.qtype == Q.F16 else torch.float32
-        out = _transformed(arch, p, src).to(target).contiguous().numpy()
-        if src.dtype == target or not _has_nan(out):
+    target = _TORCH_TARGET.get(p.qtype)
+    if target is not None and arch.value_preserving(p.src_name):
+        # Fast path: move the data in its stored dtype and cast once, with torch (all cores). The
+        # reference computes in f32 (bf16 -> f32 is exact) and rounds with numpy/gguf, and torch
+        # rounds to nearest-even the same way; only NaN payloads differ, so a tensor with NaNs
+        # takes the reference's path below.
+        dtype = getattr(torch, target)
+        out = _transformed(arch, p, src).to(dtype).contiguous()
+        out = out.view(torch.int16).numpy() if target == "bfloat16" else out.numpy()
+        untouched = src.dtype == dtype and target != "bfloat16"  # the reference's bf16 goes via f32 and back
+        if untouched or not _has_nan(out, target):
             return out
     t = _transformed(arch, p, compute_dtype(src))
     # the reference's path: numpy casts and gguf's quantizers (bf16, q8_0), bit-exact by construction
@@ -84,13 +88,17 @@ def tensor_bytes(arch: TextArch, p: PlannedTensor) -> np.ndarray:
         return gguf.quants.quantize(t.contiguous().numpy(), p.qtype)
 
 
-def _has_nan(a: np.ndarray) -> bool:
+_TORCH_TARGET = {Q.F16: "float16", Q.F32: "float32", Q.BF16: "bfloat16"}
+
+
+def _has_nan(a: np.ndarray, kind: str) -> bool:
     """NaN test on the bit patterns: a max over integers is far faster than isnan() on halves here."""
     if a.size == 0:
         return False
-    if a.dtype == np.float16:
-        return int((a.reshape(-1).view(np.uint16) & 0x7FFF).max()) > 0x7C00
-    return int((a.reshape(-1).view(np.uint32) & 0x7FFFFFFF).max()) > 0x7F800000
+    if kind == "float32":
+        return int((a.reshape(-1).view(np.uint32) & 0x7FFFFFFF).max()) > 0x7F800000
+    top = 0x7C00 if kind == "float16" else 0x7F80  # exponent all ones: f16 vs bf16
+    return int((a.reshape(-1).view(np.uint16) & 0x7FFF).max()) > top
 
 
 def _transformed(arch: TextArch, p: PlannedTensor, t):

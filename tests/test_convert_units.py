@@ -19,7 +19,7 @@ def qwen2(tmp_path_factory) -> Path:
 
 
 def test_fast_cast_matches_numpy_and_falls_back_on_nan(tmp_path):
-    """bf16 -> f16 in one torch cast equals the reference's f32 -> numpy f16, NaN payloads included."""
+    """One torch cast equals the reference's f32 + numpy/gguf rounding for f16, bf16 and f32, NaNs included."""
     from safetensors.torch import save_file
 
     import gguf
@@ -37,12 +37,14 @@ def test_fast_cast_matches_numpy_and_falls_back_on_nan(tmp_path):
     bits = torch.arange(0, 65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(256, 256)
     finite = torch.randn(64, 64).to(torch.bfloat16)
     save_file({"all_bits": bits.contiguous(), "finite": finite}, tmp_path / "m.safetensors")
+    Q = gguf.GGMLQuantizationType
     for ref in read_header(tmp_path / "m.safetensors").values():
-        p = PlannedTensor(ref.name, ref, ref.name, 0, ref.shape, gguf.GGMLQuantizationType.F16, ref.dtype)
-        ours = tensor_bytes(Plain(), p)
-        with np.errstate(over="ignore"):
-            want = ref.load().to(torch.float32).numpy().astype(np.float16)
-        assert ours.view(np.uint16).tobytes() == want.view(np.uint16).tobytes(), ref.name
+        for qtype in (Q.F16, Q.BF16, Q.F32):
+            p = PlannedTensor(ref.name, ref, ref.name, 0, ref.shape, qtype, ref.dtype)
+            ours = tensor_bytes(Plain(), p)
+            with np.errstate(over="ignore"):
+                want = gguf.quants.quantize(ref.load().to(torch.float32).numpy(), qtype)
+            assert ours.tobytes() == want.tobytes(), (ref.name, qtype.name)
 
 
 def test_tensors_are_streamed_one_at_a_time(qwen2, tmp_path, monkeypatch):
