@@ -79,29 +79,47 @@ def _load_engine(path, n_ctx: int, n_seq: int, threads, dtype: str, device: str)
     return engine
 
 
-class _Progress:
-    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
+class _Output:
+    """Results to stdout; a rich progress bar on stderr when stderr is a terminal.
+
+    When stdout is that same terminal, results are held back until the bar is gone (the bar shows
+    the running figure meanwhile); otherwise they stream as llama.cpp prints them."""
 
     def __init__(self, total: int, what: str):
         import sys
 
-        self.bar = None
+        self.out, self.bar, self.held = sys.stdout, None, None
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task(what, total=total)
+                                TextColumn("{task.fields[status]}"), console=Console(stderr=True),
+                                transient=True, redirect_stdout=False)
+            self.task = self.bar.add_task(what, total=total, status="")
             self.bar.start()
+            if self.out.isatty():
+                self.held = []
 
-    def advance(self) -> None:
+    def write(self, text: str) -> None:
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            self.out.write(text)
+            self.out.flush()
+
+    def advance(self, status: str = "") -> None:
         if self.bar is not None:
-            self.bar.advance(self.task)
+            self.bar.update(self.task, advance=1, status=status)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+        if self.held:
+            self.out.write("".join(self.held))
+            self.out.flush()
+        self.held = None
 
 
 def _first_pass_logger(name: str, n_chunk: int, n_seq: int):
@@ -117,7 +135,6 @@ def _first_pass_logger(name: str, n_chunk: int, n_seq: int):
 
 
 def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_base) -> None:
-    import sys
     import time
 
     import numpy as np
@@ -153,29 +170,26 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
         writer = BaseWriter(kl_base, n_ctx, tok.n_vocab, n_chunk, tokens)
         log(f"perplexity: saving the log-probabilities to {kl_base}")
     log(f"perplexity: calculating perplexity over {n_chunk} chunks, n_ctx={n_ctx}, batch_size={n_batch}, n_seq={n_seq}")
-    bar = _Progress(n_chunk, "perplexity")
-    out = sys.stdout
+    out = _Output(n_chunk, "perplexity")
 
     def on_chunk(c: int, ppl: float) -> None:
         out.write(f"[{c + 1}]{ppl:.4f},")
-        out.flush()
-        bar.advance()
+        out.advance(f"PPL {ppl:.4f}")
 
     bos = tok.bos_id if tok.add_bos else None
     try:
         res = perplexity(engine, tokens, n_ctx, n_chunk, n_batch, bos, on_chunk=on_chunk,
                          on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer)
     finally:
-        bar.close()
+        out.close()
         if writer is not None:
             writer.close()
-    out.write("\n")
+    print()
     if res.ppl_err == res.ppl_err:  # not NaN
-        out.write(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_err:.5f}\n")
+        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_err:.5f}", flush=True)
     else:
-        out.write(f"Final estimate: PPL = {res.ppl:.4f}\n")
+        print(f"Final estimate: PPL = {res.ppl:.4f}", flush=True)
         log("perplexity: unexpected negative standard deviation of log(prob)")
-    out.flush()
     log(f"perplexity: {res.count} tokens scored in {res.seconds:.2f} s "
         f"({res.count * 2 / max(res.seconds, 1e-9):.1f} tokens evaluated per second)")
 
@@ -184,8 +198,6 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
 
 
 def _run_kl(model, kl_base, n_ctx_arg, n_batch, threads, dtype, device, file) -> None:
-    import sys
-
     from llamatorch.core.errors import LlamatorchError
     from llamatorch.core.kl_base import BaseReader
     from llamatorch.core.kl_divergence import TABLE_HEADER, run_kl_divergence
@@ -209,8 +221,7 @@ def _run_kl(model, kl_base, n_ctx_arg, n_batch, threads, dtype, device, file) ->
         n_seq, n_batch = batch_shape(h.n_ctx, n_batch)
         engine = _load_engine(path, h.n_ctx, n_seq, threads, dtype, device)
         log(f"kl_divergence: computing over {h.n_chunk} chunks, n_ctx={h.n_ctx}, batch_size={n_batch}, n_seq={n_seq}")
-        bar = _Progress(h.n_chunk, "kl-divergence")
-        out = sys.stdout
+        out = _Output(h.n_chunk, "kl-divergence")
         report_first = _first_pass_logger("kl_divergence", h.n_chunk, n_seq)
 
         def on_first_pass(seconds: float) -> None:
@@ -219,20 +230,18 @@ def _run_kl(model, kl_base, n_ctx_arg, n_batch, threads, dtype, device, file) ->
 
         def on_chunk(c: int, stats) -> None:
             out.write(stats.chunk_line(c + 1) + "\n")
-            out.flush()
-            bar.advance()
+            out.advance(f"KLD {stats.mean_kld:.5f}")
 
         bos = tok.bos_id if tok.add_bos else None
         try:
             stats = run_kl_divergence(engine, reader, n_batch, bos, on_chunk=on_chunk, on_first_pass=on_first_pass)
         finally:
-            bar.close()
-        out.write("\n")
+            out.close()
+        print()
         lines = stats.report()
         if lines:
-            out.write("\n".join(lines) + "\n")
+            print("\n".join(lines), flush=True)
         else:
             log(f"kl_divergence: only {stats.count} tokens: too few for the statistics block (llama.cpp needs 100)")
-        out.flush()
     finally:
         reader.close()
