@@ -35,6 +35,7 @@ def command(
     ntg: Annotated[List[str], typer.Option("-ntg", help="generation sizes, n0,n1,...")] = ["128"],
     npl: Annotated[List[str], typer.Option("-npl", help="parallel sequences, n0,n1,...")] = ["1,2,4,8,16,32"],
     pps: Annotated[bool, typer.Option("-pps", help="the prompt is shared by the parallel sequences")] = False,
+    tgs: Annotated[bool, typer.Option("-tgs", help="each sequence generates alone, one after another")] = False,
     threads: Threads = None,
     output_format: Annotated[str, typer.Option("--output-format", help="md or jsonl")] = "md",
     repeats: Annotated[int, typer.Option("--repeats", help="runs per combination: mean ± sd (not in llama.cpp)")] = 1,
@@ -76,7 +77,7 @@ def command(
     log(f"batched-bench: {path.name}, {engine.device.type} {str(engine.dtype).removeprefix('torch.')}, "
         f"{engine.n_threads} threads, {len(combos)} of {len(n_pp) * len(n_tg) * len(n_pl)} combinations fit n_kv_max = {n_kv_max}")
     bench = BatchedBench(engine, batch_size, seed)
-    bench.warmup([(pp, tg, pl, pps) for pp, tg, pl, _ in combos])
+    bench.warmup([(pp, tg, pl, pps, tgs) for pp, tg, pl, _ in combos])
 
     nt = engine.n_threads
     head = dict(n_kv_max=n_kv_max, n_batch=batch_size, n_ubatch=ubatch_size, flash_attn=-1, is_pp_shared=int(pps),
@@ -85,7 +86,7 @@ def command(
         _out("")
         _out("llama_batched_bench: " + ", ".join(f"{k} = {v}" for k, v in [
             ("n_kv_max", n_kv_max), ("n_batch", batch_size), ("n_ubatch", ubatch_size), ("flash_attn", -1),
-            ("is_pp_shared", int(pps)), ("is_tg_separate", 0), ("n_gpu_layers", head["n_gpu_layers"]),
+            ("is_pp_shared", int(pps)), ("is_tg_separate", int(tgs)), ("n_gpu_layers", head["n_gpu_layers"]),
             ("n_threads", nt), ("n_threads_batch", nt)]))
         _out("")
         _out("|%6s | %6s | %4s | %6s | %8s | %8s | %8s | %8s | %8s | %8s |"
@@ -94,7 +95,7 @@ def command(
     for pp, tg, pl, n_kv in combos:
         row = Row(pp, tg, pl, n_kv, pps)
         for _ in range(repeats):
-            t_pp, t_tg = bench.run(pp, tg, pl, pps)
+            t_pp, t_tg = bench.run(pp, tg, pl, pps, tgs)
             row.t_pp.append(t_pp)
             row.t_tg.append(t_tg)
         _out(_jsonl(head, row, repeats) if output_format == "jsonl" else _md(row, repeats))

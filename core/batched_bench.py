@@ -2,8 +2,8 @@
 
 Timing and arithmetic follow tools/batched-bench/batched-bench.cpp: t_pp covers the prefill (split in
 n_batch-token pieces), t_tg the `tg` decode steps (one batch of `pl` tokens per step), n_kv is the KV
-need of the combination (pl*(pp+tg), or pp + pl*tg... see `n_kv_required`), and a combination whose
-need exceeds the context is skipped.  With -pps the prompt is prefilled once and copied to the other
+need of the combination (`n_kv_required`: pl*(pp+tg) for llama.cpp's default non-unified cache), and a
+combination whose need exceeds the context is skipped.  With -pps the prompt is prefilled once and copied to the other
 sequences (the copy is not timed, as in llama.cpp).
 """
 
@@ -95,15 +95,16 @@ class BatchedBench:
         e.cache.clear()
         _decode_split(e, Batch.sequence(self._rand(16)), self.n_batch)
         seen = set()
-        for pp, tg, pl, pps in shapes:
+        for pp, tg, pl, pps, *tgs in shapes:
             key = (pp, pl, pps)
             if key in seen:
                 continue
             seen.add(key)
-            self.run(pp, min(tg, 2), pl, pps)
+            self.run(pp, min(tg, 2), pl, pps, bool(tgs and tgs[0]))
 
-    def run(self, pp: int, tg: int, pl: int, pps: bool) -> tuple[float, float]:
-        """One combination; returns (t_pp, t_tg) in seconds."""
+    def run(self, pp: int, tg: int, pl: int, pps: bool, tg_separate: bool = False) -> tuple[float, float]:
+        """One combination; returns (t_pp, t_tg) in seconds.  tg_separate (-tgs): each sequence
+        generates alone (0 0 0 ... 1 1 1 ...), the baseline that batching is measured against."""
         e = self.engine
         batch = Batch()
         for j in range(1 if pps else pl):
@@ -121,8 +122,13 @@ class BatchedBench:
                 e.cache.copy(0, j, pp)
         seqs = list(range(pl))
         t1 = time.perf_counter()
-        for i in range(tg):
-            toks = self._rand(pl)
-            e.decode(Batch(toks, [pp + i] * pl, seqs, [True] * pl))
+        if tg_separate:
+            for j in seqs:
+                for i in range(tg):
+                    e.decode(Batch(self._rand(1), [pp + i], [j], [True]))
+        else:
+            for i in range(tg):  # 0123 0123 ...: ONE batch of pl tokens per step
+                toks = self._rand(pl)
+                e.decode(Batch(toks, [pp + i] * pl, seqs, [True] * pl))
         _sync(e)
         return t_pp, time.perf_counter() - t1

@@ -103,3 +103,11 @@ def test_cli_markdown_skips_what_does_not_fit(tmp_path):
     assert [r.split("|")[1:5] for r in rows] == [["     8 ", "      4 ", "    1 ", "     12 "],
                                                  ["     8 ", "      4 ", "    2 ", "     24 "]]  # 8*12 > 48: skipped
     assert all(r.count("±") == 6 for r in rows)
+
+
+def test_tg_separate_decodes_one_sequence_at_a_time(tiny_engine, monkeypatch):
+    calls = []
+    real = tiny_engine.decode
+    monkeypatch.setattr(tiny_engine, "decode", lambda b, embeddings=False: calls.append((b.seq, b.pos)) or real(b))
+    BatchedBench(tiny_engine, n_batch=64).run(6, 2, 3, pps=False, tg_separate=True)
+    assert calls[1:] == [([0], [6]), ([0], [7]), ([1], [6]), ([1], [7]), ([2], [6]), ([2], [7])]
