@@ -173,6 +173,21 @@ def build_qwen(folder: Path, version: int) -> Path:
     return folder
 
 
+def build_llama_spm(folder: Path) -> Path:
+    """A tiny untied LlamaForCausalLM (GQA) with a SentencePiece tokenizer.model (Llama-2 style)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    cfg = LlamaConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=1)
+    _save(LlamaForCausalLM(cfg), folder, torch.float16)
+    _write_tokenizer_config(folder)
+    return folder
+
+
 def _write_tokenizer_config(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
