@@ -10,7 +10,7 @@ COMMON = ("-m", "smollm2", "--temp", "0", "-c", "512", "-t", "2")
 
 
 def test_single_turn_with_prompt_and_system():
-    proc = run_cli("cli", *COMMON, "-n", "16", "-st", "-p", "What is the capital of France?",
+    proc = run_cli("cli", *COMMON, "-n", "12", "-st", "-p", "What is the capital of France?",
                    "-sys", "You are a helpful assistant.", "--chat-template", "chatml",
                    input="this line must not be read\n", timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -24,7 +24,7 @@ def test_single_turn_with_prompt_and_system():
 def test_piped_lines_are_turns():
     """Chat is on by default (SmolLM2 has a template); each stdin line is one message; the reply to
     the second one depends on the first (the conversation is kept)."""
-    proc = run_cli("cli", *COMMON, "-n", "24", input="What is the capital of France?\n\nAnd of Germany?\n",
+    proc = run_cli("cli", *COMMON, "-n", "12", input="What is the capital of France?\n\nAnd of Germany?\n",
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
