@@ -36,8 +36,14 @@ def command(
         raise LlamatorchError(f"{model} is not a checkpoint folder")
     if outfile is None and not Path(model).expanduser().exists():
         outfile = Path.cwd()  # a registered name: write here, not into the model cache
-    result = convert(model_dir, outfile, outtype, vocab_only=vocab_only, dry_run=dry_run, model_name=model_name,
-                     progress=sys.stderr.isatty())
+    try:
+        result = convert(model_dir, outfile, outtype, vocab_only=vocab_only, dry_run=dry_run,
+                         model_name=model_name, progress=sys.stderr.isatty())
+    except (KeyError, ValueError, IndexError, OSError) as e:
+        # malformed files the checks above do not name (a config or tokenizer file missing a field,
+        # a full disk...): still one line, not a traceback
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise LlamatorchError(f"cannot convert {model_dir}: {type(e).__name__}: {detail}") from None
     if dry_run:
         _print_plan(result)
         return

@@ -123,3 +123,11 @@ def test_broken_tokenizer_after_tensor_data_started(model, tmp_path):
     """The vocabulary fails while tensor data is being spooled: both temporary files are removed."""
     (model / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
     convert_fails(model, tmp_path, "tokenizer.model")
+
+
+def test_config_missing_a_needed_field(model, tmp_path):
+    cfg = _config(model)
+    del cfg["num_hidden_layers"]
+    cfg["model_type"] = "not-a-transformers-type"  # keep AutoConfig from filling the default back in
+    (model / "config.json").write_text(json.dumps(cfg))
+    convert_fails(model, tmp_path, "num_hidden_layers", cli=True)
