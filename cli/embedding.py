@@ -22,6 +22,7 @@ def command(
         "--embd-output-format", help="'' text, array, json (OpenAI style), json+ (with cosine matrix), raw")] = "",
     embd_separator: Annotated[str, typer.Option("--embd-separator", help="separator of prompts (default \\n)")] = "\n",
     cls_separator: Annotated[str, typer.Option("--cls-separator", help="separator of rank pairs (default \\t)")] = "\t",
+    escape: Annotated[bool, typer.Option("--escape/--no-escape", "-e", help="process escapes (\\n, \\t, ...) in the prompt")] = True,
     ctx_size: CtxSize = 0,
     batch_size: BatchSize = 2048,
     threads: Threads = None,
@@ -41,6 +42,10 @@ def command(
         raise LlamatorchError("no prompt: give -p TEXT or -f FILE")
     if file is not None and text.endswith("\n"):
         text = text[:-1]  # llama.cpp drops one trailing newline of a prompt file
+    if escape:  # as llama.cpp: after reading, for -p and -f alike
+        from .tokenize import process_escapes
+
+        text = process_escapes(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
     if text == "":
         raise LlamatorchError("empty prompt: give text with -p or a non-empty file with -f")
 

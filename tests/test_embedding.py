@@ -87,7 +87,7 @@ def test_decoder_pooling_last_and_mean(smollm2_embedder):
 
 
 def test_cli_json_matches_reference(ref_dir):
-    texts = "\n".join(it["text"] for it in REF["items"])
+    texts = "\\n".join(it["text"] for it in REF["items"])  # a literal backslash-n: escapes are processed
     proc = run_cli("embedding", "-m", str(ref_dir / "all-minilm-l6-v2-f16.gguf"), "-p", texts, "--pooling", "mean",
                    "--embd-normalize", "2", "--embd-output-format", "json", "-t", "2")
     assert proc.returncode == 0, proc.stderr
