@@ -115,6 +115,8 @@ class Int4TopOutput(DenseOutput):
     Many rows (prefill, perplexity) use the dense GEMM; the float32 path never uses this class.
     """
 
+    CHUNK = 256
+
     def __init__(self, weight: torch.Tensor, top: int = 256):
         super().__init__(weight)
         self.top = min(top, weight.shape[0])
@@ -126,10 +128,26 @@ class Int4TopOutput(DenseOutput):
             return F.linear(x, self.weight)
         x2 = x.reshape(rows, x.shape[-1])
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, 32, self.scale_zero).float()
-        idx = y.topk(self.top, dim=-1).indices  # [rows, top]
+        r, c = self.head(y)
         # the head in float32: bf16 outputs (spacing 0.125 at logit 20) would decide close greedy calls
-        y.scatter_(-1, idx, torch.einsum("rmk,rk->rm", self.weight[idx].float(), x2.float()))
+        y[r, c] = (self.weight[c].float() * x2[r].float()).sum(-1)
         return y.reshape(*x.shape[:-1], -1)
+
+    def head(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) indices of a superset of each row's `top` best entries.
+
+        Cheaper than topk over 262k entries (which took 1.9 ms on the GPU host's CPU): the top-th best
+        maximum of chunks of CHUNK entries is a threshold that at least `top` entries reach, and every
+        entry of the true top `top` reaches it (else `top` chunks would each hold a larger one).
+        """
+        rows, n = y.shape
+        if n % self.CHUNK or n // self.CHUNK < self.top:
+            idx = y.topk(self.top, dim=-1).indices
+            return torch.arange(rows, device=y.device)[:, None].expand_as(idx).reshape(-1), idx.reshape(-1)
+        maxima = y.view(rows, n // self.CHUNK, self.CHUNK).amax(-1)
+        thr = maxima.topk(self.top, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        r, c = (y >= thr).nonzero(as_tuple=True)
+        return r, c
 
     @property
     def nbytes_decode(self) -> int:
