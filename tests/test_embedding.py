@@ -108,3 +108,12 @@ def test_cli_errors(ref_dir, tmp_path):
     assert_clean_error(run_cli("embedding", "-m", m, "-p", "word " * 600), "context")
     assert_clean_error(run_cli("embedding", "-m", m, "-p", "hi", "--pooling", "rank"), "classification head")
     assert_clean_error(run_cli("embedding", "-m", m, "-p", "hi", "--embd-output-format", "xml"), "format")
+
+
+def test_rerank_text_output():
+    one = EmbeddingResult(["q\td"], [[1]], np.asarray([[0.5]], dtype=np.float32), P.RANK, n_cls_out=1)
+    assert render(one, "", -1) == "\nrerank score 0:    0.500\n\n"
+    two = EmbeddingResult(["x"], [[1]], np.asarray([[0.25, -1.0]], dtype=np.float32), P.RANK, n_cls_out=2,
+                          cls_labels=["yes", ""])
+    assert render(two, "", -1) == "\nrerank score 0:    0.250 [yes]\nrerank score 0:   -1.000 [1]\n\n"
+    assert render(two, "raw", -1) == "0.2500000 -1.0000000\n\n"
