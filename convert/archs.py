@@ -192,9 +192,9 @@ class Llama(TextArch):
         else:
             tj = tokenizer_json(self.model_dir)
             if tj and _is_llama_hf_bpe(tj):
-                # the reference's LlamaHfVocab path (SentencePiece-like BPE in tokenizer.json)
-                raise LlamatorchError("Llama-2-style BPE tokenizer.json (byte fallback) is not supported yet")
-            vocab.write_gpt2(w, self.model_dir, self.hparams)
+                vocab.write_llama_hf(w, self.model_dir)  # SentencePiece-like BPE in tokenizer.json
+            else:
+                vocab.write_gpt2(w, self.model_dir, self.hparams)
         if self.hparams.get("vocab_size", 32000) == 49152:
             w.add_add_bos_token(False)  # granite-small/SmolLM vocab: the reference forces this
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,33 @@ def write_bert(w, model_dir: Path, hparams: dict) -> None:
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
+    w.add_token_types(types)
+    SpecialTokens(model_dir, n_vocab=len(tokens)).write(w)
+
+
+def write_llama_hf(w, model_dir: Path) -> None:
+    """A SentencePiece-style BPE in tokenizer.json (byte fallback, no tokenizer.model): the reference's
+    LlamaHfVocab. Scores are not in the file: every token gets -1000, as there."""
+    tok = _hf_tokenizer(model_dir)
+    vocab = tok.get_vocab()
+    base = tok.vocab_size
+    added = [t for t, i in sorted(tok.get_added_vocab().items(), key=lambda x: x[1]) if i >= base]
+    special_ids = set(tok.all_special_ids)
+    specials = {t: vocab[t] for t in tok.all_special_tokens}
+    reverse = {i: t for t, i in vocab.items()}
+    tokens: list[bytes] = []
+    types: list[int] = []
+    for i in range(base):
+        text = reverse[i].encode("utf-8")
+        tokens.append(text)
+        types.append(BYTE if re.fullmatch(rb"<0x[0-9A-Fa-f]{2}>", text) else CONTROL if i in special_ids else NORMAL)
+    for t in added:
+        tokens.append(t.encode("utf-8"))
+        types.append((CONTROL if specials[t] in special_ids else NORMAL) if t in specials else USER_DEFINED)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores([-1000.0] * len(tokens))
     w.add_token_types(types)
     SpecialTokens(model_dir, n_vocab=len(tokens)).write(w)
 

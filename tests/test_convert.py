@@ -1,6 +1,6 @@
 """convert-hf-to-gguf against llama.cpp's converter: the shipped MiniLM reference file, and the
 reference converter run as an oracle on random-weight SmolLM2 (BPE), Llama (SentencePiece, untied,
-f16 weights), Qwen2, Qwen3 and Gemma 3 checkpoints."""
+f16 weights; and the same as a byte-fallback tokenizer.json), Qwen2, Qwen3 and Gemma 3 checkpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from test_convert_support import (build_gemma3, build_llama_spm, build_qwen, build_smollm2, gguf_differences,
-                                  run_oracles)
+from test_convert_support import (build_gemma3, build_llama_hf, build_llama_spm, build_qwen, build_smollm2,
+                                  gguf_differences, run_oracles)
 
 OUTTYPES = ["f16", "bf16", "f32", "q8_0"]
-MODELS = ["smollm2", "llama_spm", "qwen2", "qwen3", "gemma3"]
+MODELS = ["smollm2", "llama_spm", "llama_hf", "qwen2", "qwen3", "gemma3"]
 
 
 def assert_same_file(ours: Path, ref: Path) -> None:
@@ -30,6 +30,7 @@ def oracle(ref_dir, tmp_path_factory):
     models = {
         "smollm2": build_smollm2(root / "smollm2", cfg),
         "llama_spm": build_llama_spm(root / "llama_spm"),
+        "llama_hf": build_llama_hf(root / "llama_hf"),
         "qwen2": build_qwen(root / "qwen2", 2),
         "qwen3": build_qwen(root / "qwen3", 3),
         "gemma3": build_gemma3(root / "gemma3"),

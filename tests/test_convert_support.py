@@ -188,10 +188,21 @@ def build_llama_spm(folder: Path) -> Path:
     return folder
 
 
-def _write_tokenizer_config(folder: Path) -> None:
+def build_llama_hf(folder: Path) -> Path:
+    """The tiny Llama with its SentencePiece model turned into a byte-fallback BPE tokenizer.json only."""
+    from transformers import LlamaTokenizer
+
+    build_llama_spm(folder)
+    LlamaTokenizer(vocab_file=str(folder / "tokenizer.model")).save_pretrained(folder)
+    (folder / "tokenizer.model").unlink(missing_ok=True)
+    _write_tokenizer_config(folder, tokenizer_class="LlamaTokenizer")
+    return folder
+
+
+def _write_tokenizer_config(folder: Path, **extra) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}", **extra,
     }))
 
 
