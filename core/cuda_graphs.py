@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-import os
-
 from .models.common import Step
 
 MIN_BUCKET = 256
@@ -39,10 +37,6 @@ class GraphedDecode:
         self.n_cells, self.B = n_cells, B
         self.logits = None
         self.graph = None
-        # LLAMATORCH_COMPILE=1: fuse each step's elementwise work with torch.compile before capture
-        self._fwd = torch.compile(self._forward, dynamic=False) if os.environ.get("LLAMATORCH_COMPILE") == "1" else (
-            self._forward
-        )
 
     def _forward(self) -> torch.Tensor:
         mask = self.cells[None, None, None, :] <= self.positions[:, None, :, None]  # [B, 1, 1, S]
@@ -56,11 +50,11 @@ class GraphedDecode:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._fwd()
+                self._forward()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._fwd()
+            self.logits = self._forward()
 
     def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Returns [B, n_vocab] logits: a static buffer, overwritten by the next step."""

@@ -24,11 +24,3 @@ if [ "$what" = profile ]; then
   python3 scripts/profile_cuda_decode.py /tmp/smollm2-q4_1.gguf
   python3 scripts/profile_cuda_decode.py /tmp/llama1b-q4_0.gguf
 fi
-if [ "$what" = compile ]; then
-  python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
-  python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
-  [ -f .devcarry/int8test.py ] && python3 .devcarry/int8test.py
-  for m in /tmp/smollm2-q4_1.gguf /tmp/llama1b-q4_0.gguf; do
-    /usr/bin/time -f "compile run wall %e s" env LLAMATORCH_COMPILE=1 python3 scripts/profile_cuda_decode.py $m 2>&1 | grep -E "batch|wall|Error|error" | head -5
-  done
-fi
