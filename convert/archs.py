@@ -83,6 +83,10 @@ class TextArch:
         """True when `transform` only moves data (no arithmetic), so it may run in the stored dtype."""
         return True
 
+    def transform_key(self) -> tuple:
+        """The config values `transform` depends on beyond the output shapes (see pipeline's early start)."""
+        return ()
+
     def force_f32(self, new_name: str, bid: int | None) -> bool:
         """Tensors the reference always keeps in F32 besides 1-D ones, norms and non-weights."""
         keys = (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES)
@@ -165,9 +169,12 @@ class Llama(TextArch):
             n_head = n_head_kv
         return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
 
+    def transform_key(self):
+        return (find(self.hparams, ["n_heads", "num_attention_heads"]),
+                find(self.hparams, ["n_kv_heads", "num_key_value_heads"]))
+
     def transform(self, name, t, bid):
-        n_head = find(self.hparams, ["n_heads", "num_attention_heads"])
-        n_kv = find(self.hparams, ["n_kv_heads", "num_key_value_heads"])
+        n_head, n_kv = self.transform_key()
         if name.endswith(("q_proj.weight", "q_proj.bias")):
             t = self.permute(t, n_head, n_head)
         if name.endswith(("k_proj.weight", "k_proj.bias")):

@@ -11,7 +11,8 @@ from typing import Any, Iterable
 from llamatorch.core.errors import LlamatorchError
 
 
-def load_hparams(model_dir: Path) -> dict[str, Any]:
+def raw_config(model_dir: Path) -> dict[str, Any]:
+    """config.json as written (no defaults filled in)."""
     cfg = model_dir / "config.json"
     if not cfg.is_file():
         raise LlamatorchError(f"{model_dir}: no config.json (not a Hugging Face checkpoint folder)")
@@ -21,6 +22,11 @@ def load_hparams(model_dir: Path) -> dict[str, Any]:
         raise LlamatorchError(f"{cfg}: invalid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise LlamatorchError(f"{cfg}: expected a JSON object")
+    return raw
+
+
+def load_hparams(model_dir: Path) -> dict[str, Any]:
+    raw = raw_config(model_dir)
     try:
         from transformers import AutoConfig
 

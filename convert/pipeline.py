@@ -14,7 +14,7 @@ from llamatorch.core.errors import LlamatorchError
 
 from .archs import model_class
 from .checkpoint import index_checkpoint
-from .hparams import load_hparams
+from .hparams import load_hparams, raw_config
 from .metadata import OUTTYPES, load_metadata, output_path
 from .plan import PlannedTensor, guess_ftype, make_plan
 from .spool import DataSpool
@@ -36,6 +36,37 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
         raise LlamatorchError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     if not model_dir.is_dir():
         raise LlamatorchError(f"{model_dir} is not a directory")
+    raw = raw_config(model_dir)
+    early = None if vocab_only or dry_run else _early_start(model_dir, raw, outtype, outfile, progress)
+    try:
+        return _convert(model_dir, outfile, outtype, vocab_only, dry_run, model_name, progress, early)
+    except BaseException:
+        if early is not None:
+            early[1].discard()
+        raise
+
+
+def _early_start(model_dir, raw, outtype, outfile, progress):
+    """Plan from config.json as written and start converting tensor data at once, while transformers
+    is imported and AutoConfig fills in defaults (a few seconds of single-threaded Python). The plan is
+    checked against the real one later; on any difference the early data is thrown away."""
+    import torch  # noqa: F401  (the data thread needs it; importing it first keeps the two apart)
+
+    try:
+        arch = model_class(raw)(model_dir, raw)
+        refs = index_checkpoint(model_dir)
+        ftype = OUTTYPES[outtype]
+        if ftype == gguf.LlamaFileType.GUESSED:
+            ftype = guess_ftype(arch, refs)
+        plan = make_plan(arch, refs, ftype)
+        out_dir = _out_dir(outfile, model_dir)
+    except Exception:
+        return None  # the regular path reports whatever is wrong
+    spool = DataSpool(arch, plan, out_dir / f".convert-{os.getpid()}.data", gguf.GGUF_DEFAULT_ALIGNMENT, progress)
+    return arch, spool, plan
+
+
+def _convert(model_dir, outfile, outtype, vocab_only, dry_run, model_name, progress, early) -> Result:
     hparams = load_hparams(model_dir)
     cls = model_class(hparams)
     arch = cls(model_dir, hparams)
@@ -54,7 +85,13 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
             w.add_tensor_info(p.name, p.shape, _np_dtype(), p.nbytes, raw_dtype=p.qtype)
 
     spool = None
-    if plan and not dry_run:
+    if early is not None:
+        e_arch, spool, e_plan = early
+        if e_plan != plan or e_arch.transform_key() != arch.transform_key() or \
+                spool.align != w.data_alignment:
+            spool.discard()  # AutoConfig changed something the data depends on: start over
+            spool = None
+    if plan and not dry_run and spool is None:
         out_dir = _out_dir(outfile, model_dir)
         spool = DataSpool(arch, plan, out_dir / f".convert-{os.getpid()}.data", w.data_alignment, progress)
     try:

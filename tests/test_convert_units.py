@@ -85,3 +85,45 @@ def test_model_name_option(qwen2, tmp_path):
     assert r.path.name.startswith("Tiny-Qwen-Test") and r.path.name.endswith("-F32.gguf")
     field = gguf.GGUFReader(r.path).fields["general.name"]
     assert field.contents() == "Tiny Qwen Test"
+
+
+def _count_spools(monkeypatch):
+    from llamatorch.convert import pipeline
+
+    made = []
+    real = pipeline.DataSpool
+
+    def counting(*args, **kwargs):
+        made.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "DataSpool", counting)
+    return made
+
+
+def test_tensor_data_starts_before_autoconfig(qwen2, tmp_path, monkeypatch):
+    """The data thread starts from config.json as written, and is kept when AutoConfig agrees."""
+    from llamatorch.convert.pipeline import convert
+
+    made = _count_spools(monkeypatch)
+    convert(qwen2, tmp_path / "a.gguf", "f16", progress=False)
+    assert len(made) == 1
+
+
+def test_early_data_discarded_when_autoconfig_differs(tmp_path, monkeypatch, ref_dir):
+    """Same shapes, different head count (so a different Q/K permute): the early data is redone."""
+    import json
+
+    from llamatorch.convert import pipeline
+    from llamatorch.convert.pipeline import convert
+    from test_convert_support import build_llama_spm
+
+    model = build_llama_spm(tmp_path / "llama")
+    good = convert(model, tmp_path / "good.gguf", "f32", progress=False).path.read_bytes()
+    cfg = json.loads((model / "config.json").read_text())
+    misleading = dict(cfg, num_attention_heads=8, num_key_value_heads=4, head_dim=8)
+    monkeypatch.setattr(pipeline, "raw_config", lambda d: misleading)
+    made = _count_spools(monkeypatch)
+    out = convert(model, tmp_path / "again.gguf", "f32", progress=False).path
+    assert len(made) == 2 and out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.gguf", "good.gguf", "llama"]
