@@ -1,7 +1,7 @@
 """The real Gemma 3 270M (Q4_K_M) in float32 against llama.cpp's greedy ids on its F16 copy.
 
 Acceptance: the first 16 reference ids for at least 2 of the 3 prompts; the float32 path gives all
-32 for all 3 (measured), so the engine test asks for all of them.
+32 for all 3 (measured), so the tests ask for the first 16 of all of them (the bf16 fast path too).
 """
 
 import ast
@@ -21,10 +21,12 @@ def _agree(ours: list[int], ref: list[int]) -> int:
 
 
 @pytest.mark.slow
-def test_engine_greedy_matches_llama_cpp(gemma3_path):
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_engine_greedy_matches_llama_cpp(gemma3_path, dtype):
+    """bf16 (int8/int4 decode kernels, exact float32 head of the output) measured 31/32/32 ids."""
     from llamatorch.core.engine import Batch, Engine
 
-    engine = Engine(gemma3_path, n_ctx=64, dtype="f32", threads=2)
+    engine = Engine(gemma3_path, n_ctx=64, dtype=dtype, threads=2)
     for r in REFS:
         ids = engine.tokenizer.encode(r["prompt"], add_special=True, parse_special=True)
         engine.cache.clear()
