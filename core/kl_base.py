@@ -105,10 +105,11 @@ class BaseWriter:
 
     def write_chunk(self, logits: torch.Tensor) -> None:
         """logits: [n_ctx - 1 - n_ctx/2, n_vocab] of one chunk's scored positions."""
-        rows = pack_log_probs(logits)
-        if rows.shape[0] != scored_rows(self.header.n_ctx):
-            raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {rows.shape[0]}")
-        self.f.write(rows.astype("<u2", copy=False).tobytes())
+        if logits.shape[0] != scored_rows(self.header.n_ctx):
+            raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {logits.shape[0]}")
+        step = max(1, (1 << 22) // logits.shape[1])  # ~16 MB slices: temporaries stay in cache
+        for i in range(0, logits.shape[0], step):
+            self.f.write(pack_log_probs(logits[i : i + step]).astype("<u2", copy=False).tobytes())
 
     def close(self) -> None:
         self.f.close()
