@@ -66,6 +66,19 @@ def test_gemma3_perplexity_matches_llama_cpp(gemma3_path):
     check_against(load_ref("perplexity.json")[REF_NAMES["gemma3"]], *run_ppl(gemma3_path))
 
 
+@pytest.mark.slow
+def test_batch_smaller_than_context_gives_same_numbers(smollm2_path, ref_dir):
+    # -b 64 < -c 128: each chunk goes through two forwards over the KV cache (llama.cpp's num_batches > 1)
+    def run(b):
+        proc = run_cli("perplexity", "-m", str(smollm2_path), "-f", str(ref_dir / "ppl_text.txt"), "-c", "128",
+                       "--chunks", "2", "-b", b, "--dtype", "f32")
+        assert proc.returncode == 0, proc.stderr
+        return parse_ppl(proc.stdout)
+
+    (c1, p1, _), (c2, p2, _) = run("2048"), run("64")
+    assert np.allclose(c1, c2, rtol=2e-5) and abs(p1 / p2 - 1) < 2e-5
+
+
 # ---- KL divergence -------------------------------------------------------------------------------
 
 
