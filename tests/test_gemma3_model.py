@@ -81,3 +81,8 @@ def test_large_vocab_output_head_is_exact():
     assert (y - exact).abs().max().item() < 0.2 * exact.abs().max().item()  # the tail: int4 approximations
     many = torch.randn(20, 64).bfloat16()  # prefill-sized: the dense GEMM
     assert torch.allclose(out(many).float(), torch.nn.functional.linear(many, w).float())
+
+
+def test_long_ragged_batches_past_the_window(tiny):
+    """Second batch starts past the window for every sequence: local layers read only a cell range."""
+    check_ragged_batch(*tiny, lengths=(12, 25, 20), more=(4, 1, 3))

@@ -84,9 +84,10 @@ def rope_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
 
 
-def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None) -> torch.Tensor:
+def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None, start: int = 0) -> torch.Tensor:
     """Write k/v ([B, Hkv, T, D]) into the cache, attend q ([B, H, T, D]) over the visible cells.
 
+    `start` skips cells no query can see (sliding windows); a given `mask` then covers cells start..S-1.
     Returns [B, T, H*D].
     """
     kc, vc = cache.k[layer], cache.v[layer]
@@ -96,9 +97,9 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
     S = step.n_visible
     if step.rows_contiguous is not None:
         first, count = step.rows_contiguous
-        keys, values = kc[first : first + count, :, :S], vc[first : first + count, :, :S]
+        keys, values = kc[first : first + count, :, start:S], vc[first : first + count, :, start:S]
     else:
-        keys, values = kc[step.rows, :, :S], vc[step.rows, :, :S]
+        keys, values = kc[step.rows, :, start:S], vc[step.rows, :, start:S]
     B, H, T, D = q.shape
     group = H // keys.shape[1]
     # Grouped-query attention without copying K/V: the `group` query heads that share a KV head are

@@ -72,14 +72,25 @@ class Gemma3Model(QwenModel):
 
     def layer_inputs(self, step: Step) -> list[tuple]:
         pos = step.positions
-        glob = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None], None)
+        glob = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None], None, 0)
         if not any(self.is_swa):
             return [glob] * len(self.layers)
         # key cell c (= its position) is visible to a query at position p iff p - c < n_swa
-        cells = torch.arange(step.n_visible, device=pos.device)
-        swa_mask = step.mask & (cells > pos[:, None, :, None] - self.n_swa)  # [B, 1, T, S]
-        local = (self.swa_cos[pos][:, None], self.swa_sin[pos][:, None], swa_mask)
+        start = self.window_start(step)
+        cells = torch.arange(start, step.n_visible, device=pos.device)
+        swa_mask = step.mask[..., start:] & (cells > pos[:, None, :, None] - self.n_swa)  # [B, 1, T, S - start]
+        if start:
+            swa_mask[..., 0] |= ~step.valid[:, None]  # padding queries keep one visible cell (no empty softmax)
+        local = (self.swa_cos[pos][:, None], self.swa_sin[pos][:, None], swa_mask, start)
         return [local if s else glob for s in self.is_swa]
+
+    def window_start(self, step: Step) -> int:
+        """First cell any query of the batch sees on local layers: long contexts then cost local layers
+        a window, not the whole cache.  CPU only (on CUDA it would sync, and graphs need static shapes)."""
+        if step.positions.device.type != "cpu" or step.n_visible <= self.n_swa:
+            return 0
+        first = int(step.positions.masked_fill(~step.valid, step.n_visible).min())
+        return max(0, first - self.n_swa + 1)
 
     def activation(self, g: torch.Tensor) -> torch.Tensor:
         return F.gelu(g, approximate="tanh")

@@ -79,12 +79,13 @@ class QwenModel(LlamaModel):
         return self.tok_embd[tokens].float()  # [B, T, D]: the residual stream stays float32, as in ggml
 
     def layer_inputs(self, step: Step) -> list[tuple]:
-        """Per layer: (cos, sin, mask) for attention.  One RoPE table and the causal mask for all."""
+        """Per layer: (cos, sin, mask, first cell) for attention.  One RoPE table, the causal mask for all."""
         cos = self.rope_cos[step.positions][:, None]  # [B, 1, T, n_rot/2]
         sin = self.rope_sin[step.positions][:, None]
-        return [(cos, sin, None)] * len(self.layers)
+        return [(cos, sin, None, 0)] * len(self.layers)
 
-    def attention(self, L: QwenLayer, il: int, h: torch.Tensor, cache, step: Step, cos, sin, mask) -> torch.Tensor:
+    def attention(self, L: QwenLayer, il: int, h: torch.Tensor, cache, step: Step, cos, sin, mask,
+                  start: int = 0) -> torch.Tensor:
         p = self.params
         B, T, _ = h.shape
         H, HKV, hd = p.n_head, p.n_head_kv, p.head_dim
@@ -96,7 +97,7 @@ class QwenModel(LlamaModel):
             qk = (F.rms_norm(qk.float(), (hd,), None, p.rms_eps) * L.qk_norm).to(h.dtype)
         qk = apply_rope(qk.transpose(1, 2), cos, sin, neox=True)  # [B, H + HKV, T, hd]
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask))
+        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask, start))
 
     def activation(self, g: torch.Tensor) -> torch.Tensor:
         return F.silu(g)

@@ -150,25 +150,28 @@ def check_stepwise(model, path: Path, n: int = 30, n_prompt: int = 5, seed: int 
     assert (torch.cat(rows) - hf_logits(model, toks)).abs().max().item() <= TOL
 
 
-def check_ragged_batch(model, path: Path, lengths=(5, 19, 2)) -> None:
-    """Several sequences of different lengths in one forward (padding), then one step for all."""
+def check_ragged_batch(model, path: Path, lengths=(5, 19, 2), more=(3, 1, 2)) -> None:
+    """Several sequences of different lengths in one forward (padding), then a second ragged batch
+    continuing each of them by `more` tokens (padding again, at positions past a sliding window)."""
     from llamatorch.core.engine import Batch, Engine
 
     engine = Engine(path, n_ctx=64, n_seq=len(lengths), dtype="f32", threads=1)
-    seqs = [random_tokens(n, seed=n) for n in lengths]
-    batch = Batch()
-    for s, toks in enumerate(seqs):
+    seqs = [random_tokens(n + m, seed=n) for n, m in zip(lengths, more)]
+    first, second = Batch(), Batch()
+    for s, (toks, n) in enumerate(zip(seqs, lengths)):
         for i, t in enumerate(toks):
-            batch.add(t, i, seq=s, logits=(i == len(toks) - 1))
-    out = engine.decode(batch)
-    nxt = Batch()
-    for s, toks in enumerate(seqs):
-        nxt.add(7, len(toks), seq=s, logits=True)
-    out2 = engine.decode(nxt)
-    for s, toks in enumerate(seqs):
-        ref = hf_logits(model, toks + [7])
-        assert (out[s] - ref[-2]).abs().max().item() <= TOL
-        assert (out2[s] - ref[-1]).abs().max().item() <= TOL
+            if i < n:
+                first.add(t, i, seq=s, logits=(i == n - 1))
+            else:
+                second.add(t, i, seq=s, logits=True)
+    out = engine.decode(first)
+    out2 = engine.decode(second)
+    row = 0
+    for s, (toks, n, m) in enumerate(zip(seqs, lengths, more)):
+        ref = hf_logits(model, toks)
+        assert (out[s] - ref[n - 1]).abs().max().item() <= TOL
+        assert (out2[row : row + m] - ref[n:]).abs().max().item() <= TOL
+        row += m
 
 
 def check_bf16_close(path: Path, n: int = 24) -> None:
