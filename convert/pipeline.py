@@ -37,13 +37,24 @@ def convert(model_dir: Path, outfile: Path | None = None, outtype: str = "auto",
     if not model_dir.is_dir():
         raise LlamatorchError(f"{model_dir} is not a directory")
     raw = raw_config(model_dir)
-    early = None if vocab_only or dry_run else _early_start(model_dir, raw, outtype, outfile, progress)
+    import torch
+
+    # The tensor casts are memory-bound and run beside the Python-heavy metadata work: with one
+    # intra-op thread they leave the other core(s) to it, instead of OpenMP workers spinning
+    # against it (measured: ~1 s less CPU and wall for SmolLM2-135M on 2 cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    early = None
     try:
+        if not (vocab_only or dry_run):
+            early = _early_start(model_dir, raw, outtype, outfile, progress)
         return _convert(model_dir, outfile, outtype, vocab_only, dry_run, model_name, progress, early)
     except BaseException:
         if early is not None:
             early[1].discard()
         raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _early_start(model_dir, raw, outtype, outfile, progress):
