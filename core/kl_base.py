@@ -51,7 +51,7 @@ def file_size(n_ctx: int, n_vocab: int, n_chunk: int) -> int:
 def pack_log_probs(logits: torch.Tensor) -> np.ndarray:
     """[n, n_vocab] float32 logits -> [n, nv] uint16 rows, bit-for-bit llama.cpp's `log_softmax` packing
     (float32 arithmetic, the sum of exponentials in double, round-half-to-even)."""
-    logits = logits.float()
+    logits = logits.float().cpu()
     n, n_vocab = logits.shape
     max_l = logits.max(dim=-1, keepdim=True).values
     min_l = torch.maximum(logits.min(dim=-1, keepdim=True).values, max_l - 16)

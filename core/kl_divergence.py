@@ -89,11 +89,12 @@ class KLStats:
     def _add_rows(self, logits: torch.Tensor, base_rows: np.ndarray, targets: np.ndarray) -> None:
         logits = logits.float()
         n, n_vocab = logits.shape
-        tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))[:, None]
+        dev = logits.device
+        tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))[:, None].to(dev)
         imax = logits.argmax(dim=-1)
         log_norm = torch.logsumexp(logits, dim=-1)  # log of the softmax denominator
         nll = log_norm - logits.gather(1, tgt)[:, 0]
-        base = unpack_log_probs(base_rows, n_vocab)  # [n, n_vocab] log p, float32
+        base = unpack_log_probs(base_rows, n_vocab).to(dev)  # [n, n_vocab] log p, float32
         nll_base = -base.gather(1, tgt)[:, 0]
         imax_base = base.argmax(dim=-1)  # first maximum, as llama.cpp's strict '>' scan
         terms = torch.exp(base) * (base - logits + log_norm[:, None])
@@ -116,8 +117,8 @@ class KLStats:
         self.max_p_diff = max(self.max_p_diff, float(p_diff.abs().max()))
         self.n_same_top += int((imax == imax_base).sum())
         self.count += n
-        self.kld_values.append(kld.float().numpy())
-        self.p_diff_values.append(p_diff.numpy())
+        self.kld_values.append(kld.float().cpu().numpy())
+        self.p_diff_values.append(p_diff.cpu().numpy())
 
     # ---- figures -------------------------------------------------------------------------------
     def _ppl_parts(self):

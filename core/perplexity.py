@@ -81,7 +81,7 @@ def evaluate_chunks(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batc
 
     n_seq, n_batch = batch_shape(n_ctx, n_batch)
     first = n_ctx // 2
-    last = n_ctx - 1  # position n_ctx-1 predicts past the chunk: not scored, not computed
+    last = n_ctx - 1  # position n_ctx-1 predicts past the chunk: evaluated, but no logits asked
     for i in range(0, n_chunk, n_seq):
         n_in_group = min(n_seq, n_chunk - i)
         t0 = time.perf_counter()
@@ -117,10 +117,10 @@ def token_nll(logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
 
     torch.logsumexp is ~3x cheaper than max/exp/sum spelled out (Gemma's 262k vocab made that 14% of
     a run); it sums in float32, which moves the result by ~1e-6 relative."""
-    tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(logits.device)
     picked = logits.gather(1, tgt[:, None])[:, 0]
     lse = torch.cat([torch.logsumexp(b, dim=-1) for b in logits.split(row_block(logits.shape[1]))])
-    return lse.double() - picked.double()
+    return (lse.double() - picked.double()).cpu()
 
 
 def row_block(n_vocab: int) -> int:
