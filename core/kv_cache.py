@@ -7,15 +7,28 @@ absorbs writes from padding tokens of ragged batches.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeroed cache memory.  On the CPU it comes from calloc (through numpy), so pages are only
+    committed once cells are written: a 32k-token context costs nothing until it is used.
+    (Zeros, not garbage: a masked cell still meets a zero softmax weight, and 0 * NaN is NaN.)
+    """
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(shape[:-1] + (shape[-1] * itemsize,), dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype)
 
 
 class KVCache:
     def __init__(self, n_layers: int, n_seq: int, n_kv_heads: int, n_ctx: int, head_dim: int, dtype, device):
         self.n_seq, self.n_ctx = n_seq, n_ctx
         shape = (n_seq, n_kv_heads, n_ctx + 1, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.k = [_zeros(shape, dtype, device) for _ in range(n_layers)]
+        self.v = [_zeros(shape, dtype, device) for _ in range(n_layers)]
         self.seq_len = [0] * n_seq  # tokens held per sequence (positions 0..len-1)
 
     @property
