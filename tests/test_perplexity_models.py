@@ -143,12 +143,10 @@ def test_written_base_file_matches_llama_cpp(smollm2_copies, ref_dir):
     assert got["kld"] < 1e-3 and got["same_top"] > 99.0, got
 
 
-# ---- quantization chain (opt-in) -----------------------------------------------------------------
+# ---- quantization chain --------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LLAMATORCH_QUANT_CHAIN") != "1",
-                    reason="five 20-chunk runs: set LLAMATORCH_QUANT_CHAIN=1")
 @pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q6_K", "Q4_K_M", "Q4_0"])
 def test_quant_chain_perplexity(smollm2_copies, qtype):
     ref = load_ref("quant_chain.json")["results"][qtype]
