@@ -7,7 +7,6 @@ LLAMATORCH_QUANT_CHAIN=1.
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
