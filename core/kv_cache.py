@@ -16,7 +16,7 @@ def _zeros(shape, dtype, device) -> torch.Tensor:
     committed once cells are written: a 32k-token context costs nothing until it is used.
     (Zeros, not garbage: a masked cell still meets a zero softmax weight, and 0 * NaN is NaN.)
     """
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or 0 in shape:
         return torch.zeros(shape, dtype=dtype, device=device)
     itemsize = torch.empty((), dtype=dtype).element_size()
     raw = np.zeros(shape[:-1] + (shape[-1] * itemsize,), dtype=np.uint8)
