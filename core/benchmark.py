@@ -63,10 +63,11 @@ def run_prompt(engine: Engine, n_prompt: int, n_batch: int, rng: np.random.Gener
 
 
 def run_gen(engine: Engine, n_gen: int, rng: np.random.Generator) -> None:
-    token = int(rng.integers(0, engine.n_vocab))
-    for pos in range(n_gen):
-        logits = engine.decode(Batch.sequence([token], start=pos))
-        token = int(torch.argmax(logits[-1]))
+    """llama-bench's tg test: one token per decode, random tokens, the device synchronised each step."""
+    tokens = rng.integers(0, engine.n_vocab, size=n_gen).tolist()
+    for pos, token in enumerate(tokens):
+        engine.decode(Batch.sequence([token], start=pos))
+        _sync(engine)
 
 
 def bench(engine: Engine, n_prompt: int, n_gen: int, reps: int, n_batch: int, warmup: bool = True) -> BenchResult:

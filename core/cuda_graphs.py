@@ -26,8 +26,7 @@ class GraphedDecode:
     def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device):
         self.model, self.cache = model, cache
         B = batch_size
-        # tokens and positions travel together: one pinned host buffer, one copy per step
-        self.host = torch.zeros(2, B, dtype=torch.int64, pin_memory=True)
+        # tokens and positions travel together: one small host-to-device copy per step
         self.inputs = torch.zeros(2, B, dtype=torch.int64, device=device)
         self.tokens = self.inputs[0].view(B, 1)
         self.positions = self.inputs[1].view(B, 1)
@@ -58,10 +57,8 @@ class GraphedDecode:
 
     def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Returns [B, n_vocab] logits: a static buffer, overwritten by the next step."""
-        torch.cuda.current_stream().synchronize()  # the previous copy out of `host` has finished
-        self.host[0] = torch.as_tensor(tokens)
-        self.host[1] = torch.as_tensor(positions)
-        self.inputs.copy_(self.host, non_blocking=True)
+        # pageable source: the copy is staged before copy_ returns, so no buffer outlives the call
+        self.inputs.copy_(torch.tensor((tokens, positions), dtype=torch.int64))
         if self.graph is None:
             self.capture()
         self.graph.replay()

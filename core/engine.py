@@ -182,10 +182,11 @@ class Engine:
         """Evaluate a batch; returns float32 rows for the flagged tokens, in batch order.
 
         Rows are logits [n, n_vocab], or with embeddings=True the final hidden states [n, n_embd]
-        (after the output norm, what llama.cpp pools for embeddings).
+        (after the output norm, what llama.cpp pools for embeddings).  Like llama_get_logits, the
+        result may be overwritten by the next decode call (CUDA graphs reuse their output buffer).
         """
-        if self.use_cuda_graphs and self._is_plain_decode(batch):
-            return self._graph_decode(batch).clone()
+        if self.use_cuda_graphs and not embeddings and self._is_plain_decode(batch):
+            return self._graph_decode(batch)  # a static buffer: valid until the next decode
         step, out_index = self._layout(batch)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)

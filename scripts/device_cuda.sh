@@ -24,3 +24,12 @@ if [ "$what" = profile ]; then
   python3 scripts/profile_cuda_decode.py /tmp/smollm2-q4_1.gguf
   python3 scripts/profile_cuda_decode.py /tmp/llama1b-q4_0.gguf
 fi
+if [ "$what" = sdpa ]; then
+  python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
+  python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
+  for b in ""; do
+    for m in /tmp/smollm2-q4_1.gguf /tmp/llama1b-q4_0.gguf; do
+      echo "sdpa=${b:-default} $(basename $m):"; LLAMATORCH_SDPA=$b python3 scripts/profile_cuda_decode.py $m 2>&1 | grep -E 'batch |replay\+sync' 
+    done
+  done
+fi

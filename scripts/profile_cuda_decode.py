@@ -15,6 +15,13 @@ import torch
 from llamatorch.core.engine import Batch, Engine
 
 
+def report_overheads(per_step, g, e, step, sync) -> None:
+    print(f"  replay+sync {per_step(lambda: (g.graph.replay(), sync())):.3f} ms, "
+          f"run+sync {per_step(lambda: (g.run(step.tokens, step.pos), sync())):.3f} ms, "
+          f"decode+sync {per_step(lambda: (e.decode(step), sync())):.3f} ms, "
+          f"decode+argmax {per_step(lambda: int(torch.argmax(e.decode(step)[-1]))):.3f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -35,6 +42,17 @@ def main() -> None:
         g.graph.replay()
     torch.cuda.synchronize()
     replay = (time.perf_counter() - t0) / args.steps
+
+    def per_step(fn) -> float:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / args.steps * 1e3
+
+    sync = torch.cuda.synchronize
+    with torch.inference_mode():  # the graph's buffers are inference tensors
+        report_overheads(per_step, g, e, step, sync)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         int(torch.argmax(e.decode(step)[-1]))
