@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (device tool, carrying .whl): CUDA tests, then bench on random-weight models
 # of the exact shapes of SmolLM2-135M Q4_1 and Llama-3.2-1B Q4_0.
-#   bash scripts/device_cuda.sh [tests|bench|all]
+#   bash scripts/device_cuda.sh [tests|bench|all|profile|overhead]
 set -uo pipefail
 what=${1:-all}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
@@ -24,12 +24,9 @@ if [ "$what" = profile ]; then
   python3 scripts/profile_cuda_decode.py /tmp/smollm2-q4_1.gguf
   python3 scripts/profile_cuda_decode.py /tmp/llama1b-q4_0.gguf
 fi
-if [ "$what" = sdpa ]; then
-  python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
-  python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
-  for b in ""; do
-    for m in /tmp/smollm2-q4_1.gguf /tmp/llama1b-q4_0.gguf; do
-      echo "sdpa=${b:-default} $(basename $m):"; LLAMATORCH_SDPA=$b python3 scripts/profile_cuda_decode.py $m 2>&1 | grep -E 'batch |replay\+sync' 
-    done
+if [ "$what" = overhead ]; then  # where a decode step's time goes beyond the graph itself
+  for m in /tmp/smollm2-q4_1.gguf /tmp/llama1b-q4_0.gguf; do
+    [ -f $m ] || bash "$0" bench >/dev/null
+    python3 scripts/profile_cuda_decode.py $m 2>&1 | grep -E 'batch |replay\+sync'
   done
 fi
