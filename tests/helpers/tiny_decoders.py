@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_llama import byte_level_vocab
+from .tiny_llama import add_byte_vocab, add_decoder_hparams
 
 BASE = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=128, tie_word_embeddings=True)
@@ -69,13 +69,7 @@ def write_gguf(model, path: Path, swa_base: bool = True) -> Path:
     arch = {"gemma3_text": gguf.MODEL_ARCH.GEMMA3, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[
         cfg.model_type]
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_decoder_hparams(w, cfg)
     if gemma:
         w.add_rope_freq_base(_rope_theta(cfg, "full_attention"))
         if swa_base:
@@ -88,15 +82,7 @@ def write_gguf(model, path: Path, swa_base: bool = True) -> Path:
     if getattr(cfg, "head_dim", None) and (gemma or cfg.model_type == "qwen3"):
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    tokens = byte_level_vocab(cfg.vocab_size)
-    w.add_token_list(tokens)
-    w.add_token_types([1] * len(tokens))
-    w.add_token_merges(["Ġ Ġ"])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_add_bos_token(False)
+    add_byte_vocab(w, cfg.vocab_size)
 
     names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     for name, t in model.state_dict().items():

@@ -52,29 +52,39 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, path: Path, vocab_tokens: list[str] | None = None) -> Path:
-    import gguf
-
-    cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
+def add_decoder_hparams(w, cfg) -> None:
+    """The hyper-parameters every decoder family writes the same way."""
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]) if hasattr(cfg, "rope_parameters") and cfg.rope_parameters else float(cfg.rope_theta))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+
+
+def add_byte_vocab(w, n_vocab: int, tokens: list[str] | None = None) -> None:
+    """A gpt2-style vocabulary in which every text tokenizes (byte by byte)."""
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
-    tokens = vocab_tokens or byte_level_vocab(cfg.vocab_size)
+    tokens = tokens or byte_level_vocab(n_vocab)
     w.add_token_list(tokens)
     w.add_token_types([1] * len(tokens))
     w.add_token_merges(["Ġ Ġ"])
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
+
+
+def write_llama_gguf(model, path: Path, vocab_tokens: list[str] | None = None) -> Path:
+    import gguf
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    add_decoder_hparams(w, cfg)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]) if hasattr(cfg, "rope_parameters") and cfg.rope_parameters else float(cfg.rope_theta))
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    add_byte_vocab(w, cfg.vocab_size, vocab_tokens)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
