@@ -34,5 +34,5 @@ if [ "$what" = batched ]; then  # issue 8's batched rows: S_TG at npp 128, ntg 1
   [ -f /tmp/smollm2-q4_1.gguf ] || python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
   python3 scripts/make_shape_model.py --shape llama1b --type q4_k_m --out /tmp/llama1b-q4_k_m.gguf
   lt batched-bench -m /tmp/smollm2-q4_1.gguf -c 32768 -npp 128 -ntg 128 -npl 1,16,64,128 --device cuda 2>&1 | grep "^|"
-  lt batched-bench -m /tmp/llama1b-q4_k_m.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+  lt batched-bench -m /tmp/llama1b-q4_k_m.gguf -c 16384 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
 fi
