@@ -1,9 +1,11 @@
 """CUDA graphs for decode steps: B sequences (cache rows 0..B-1), one token each.
 
 Eager PyTorch spends most of a small model's decode step launching kernels; a captured graph replays
-the whole forward with one launch.  Shapes must be static, so the graph attends over a fixed number
-of cells (a power-of-two bucket >= the longest sequence) and computes its mask on the device from
-the positions buffer.  One graph per (batch size, bucket), captured on first use.
+the whole forward with one launch.  Llama-family models with Triton kernels (kernels/llama_step.py)
+read each sequence's length on the device: one graph per batch size.  Other models go through their
+PyTorch forward, whose shapes must be static: the graph attends over a fixed number of cells (a
+power-of-two bucket >= the longest sequence) and computes its mask on the device from the positions
+buffer; one graph per (batch size, bucket).  Graphs are captured on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +15,16 @@ import torch
 from .models.common import Step
 
 MIN_BUCKET = 256
+
+
+def fused_step_supported(model) -> bool:
+    from . import kernels
+
+    if not kernels.available(model.device):
+        return False
+    from .kernels.llama_step import supports
+
+    return supports(model)
 
 
 def bucket_for(n_visible: int, n_ctx: int) -> int:
@@ -36,8 +48,16 @@ class GraphedDecode:
         self.n_cells, self.B = n_cells, B
         self.logits = None
         self.graph = None
+        self.fused = None
+        if n_cells == 0:  # the Triton step: no bucket
+            from .kernels.llama_step import LlamaDecodeStep
+
+            self.fused = LlamaDecodeStep(model, cache, B, device)
+            self.inputs = self.fused.inputs
 
     def _forward(self) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.forward()
         mask = self.cells[None, None, None, :] <= self.positions[:, None, :, None]  # [B, 1, 1, S]
         step = Step(self.tokens, self.positions, self.valid, self.rows, self.positions, mask, self.n_cells,
                     (0, self.B))

@@ -54,6 +54,15 @@ class BlockFormat:
     def unpack_int4(cls, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    group_size = 0  # > 0 when unpack_groups is available
+
+    @classmethod
+    def unpack_groups(cls, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(q [n, block] small integers, scale [n, block/group], offset or None): w = q * scale + offset
+        per group of `group_size`, exactly ggml's values in float32 arithmetic."""
+        q, scale, offset = cls.unpack_int4(blocks)
+        return q, scale, offset
+
 
 class F32(BlockFormat):
     qtype, block_size, type_size = GGMLQuantizationType.F32, 1, 4
@@ -80,7 +89,7 @@ class BF16(BlockFormat):
 
 
 class Q4_0(BlockFormat):
-    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_0, 32, 18, True
+    qtype, block_size, type_size, int4_groups, group_size = GGMLQuantizationType.Q4_0, 32, 18, True, 32
 
     @classmethod
     def unpack_int4(cls, blocks):
@@ -94,7 +103,7 @@ class Q4_0(BlockFormat):
 
 
 class Q4_1(BlockFormat):
-    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_1, 32, 20, True
+    qtype, block_size, type_size, int4_groups, group_size = GGMLQuantizationType.Q4_1, 32, 20, True, 32
 
     @classmethod
     def unpack_int4(cls, blocks):
@@ -116,7 +125,12 @@ def _q5_values(qh_bytes: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
 
 
 class Q5_0(BlockFormat):
-    qtype, block_size, type_size = GGMLQuantizationType.Q5_0, 32, 22
+    qtype, block_size, type_size, group_size = GGMLQuantizationType.Q5_0, 32, 22, 32
+
+    @classmethod
+    def unpack_groups(cls, blocks):
+        q = _q5_values(blocks[:, 2:6], blocks[:, 6:]).to(torch.int8) - 16
+        return q, _f16(blocks[:, :2]), None
 
     @classmethod
     def dequantize(cls, blocks):
@@ -126,7 +140,12 @@ class Q5_0(BlockFormat):
 
 
 class Q5_1(BlockFormat):
-    qtype, block_size, type_size = GGMLQuantizationType.Q5_1, 32, 24
+    qtype, block_size, type_size, group_size = GGMLQuantizationType.Q5_1, 32, 24, 32
+
+    @classmethod
+    def unpack_groups(cls, blocks):
+        q = _q5_values(blocks[:, 4:8], blocks[:, 8:])
+        return q, _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
 
     @classmethod
     def dequantize(cls, blocks):
@@ -136,7 +155,11 @@ class Q5_1(BlockFormat):
 
 
 class Q8_0(BlockFormat):
-    qtype, block_size, type_size = GGMLQuantizationType.Q8_0, 32, 34
+    qtype, block_size, type_size, group_size = GGMLQuantizationType.Q8_0, 32, 34, 32
+
+    @classmethod
+    def unpack_groups(cls, blocks):
+        return blocks[:, 2:].contiguous().view(torch.int8), _f16(blocks[:, :2]), None
 
     @classmethod
     def dequantize(cls, blocks):
@@ -192,7 +215,7 @@ def _k_scale_min(sc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Q4_K(BlockFormat):
-    qtype, block_size, type_size, int4_groups = GGMLQuantizationType.Q4_K, QK_K, 144, True
+    qtype, block_size, type_size, int4_groups, group_size = GGMLQuantizationType.Q4_K, QK_K, 144, True, 32
 
     @classmethod
     def unpack_int4(cls, blocks):
@@ -214,10 +237,10 @@ class Q4_K(BlockFormat):
 
 
 class Q5_K(BlockFormat):
-    qtype, block_size, type_size = GGMLQuantizationType.Q5_K, QK_K, 176
+    qtype, block_size, type_size, group_size = GGMLQuantizationType.Q5_K, QK_K, 176, 32
 
     @classmethod
-    def dequantize(cls, blocks):
+    def unpack_groups(cls, blocks):
         n = blocks.shape[0]
         d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
         sc, mn = _k_scale_min(blocks[:, 4:16])
@@ -225,28 +248,39 @@ class Q5_K(BlockFormat):
         ql = qs.reshape(n, 4, 1, 32)
         ql = torch.cat([ql & 0x0F, ql >> 4], dim=2).reshape(n, 8, 32)
         hb = _bits(qh, 8).reshape(n, 8, 32)
-        q = (ql | (hb << 4)).to(torch.float32)
-        dl = (d * sc.to(torch.float32)).reshape(n, 8, 1)
-        ml = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
-        return (dl * q - ml).reshape(n, QK_K)
-
-
-class Q6_K(BlockFormat):
-    qtype, block_size, type_size = GGMLQuantizationType.Q6_K, QK_K, 210
+        q = (ql | (hb << 4)).reshape(n, QK_K)
+        return q, d * sc.to(torch.float32), -(dmin * mn.to(torch.float32))
 
     @classmethod
     def dequantize(cls, blocks):
         n = blocks.shape[0]
-        dev = blocks.device
+        q, scale, offset = cls.unpack_groups(blocks)
+        # ggml computes dl*q - ml: the same value as dl*q + (-ml) in IEEE arithmetic
+        return (scale.reshape(n, 8, 1) * q.reshape(n, 8, 32).to(torch.float32) + offset.reshape(n, 8, 1)).reshape(
+            n, QK_K
+        )
+
+
+class Q6_K(BlockFormat):
+    qtype, block_size, type_size, group_size = GGMLQuantizationType.Q6_K, QK_K, 210, 16
+
+    @classmethod
+    def unpack_groups(cls, blocks):
+        n = blocks.shape[0]
         ql, qh, scales = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
         d = _f16(blocks[:, 208:210])
-        dl = (d * scales.contiguous().view(torch.int8).to(torch.float32)).reshape(n, 16, 1)
         low = ql.reshape(n, 2, 1, 64)
         low = torch.cat([low & 0x0F, low >> 4], dim=2).reshape(n, 8, 32)
-        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=dev).reshape(1, 1, 4, 1)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
         high = ((qh.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 8, 32)
-        q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16).to(torch.float32)
-        return (dl * q).reshape(n, QK_K)
+        q = (low | (high << 4)).to(torch.int8) - 32
+        return q.reshape(n, QK_K), d * scales.contiguous().view(torch.int8).to(torch.float32), None
+
+    @classmethod
+    def dequantize(cls, blocks):
+        n = blocks.shape[0]
+        q, scale, _ = cls.unpack_groups(blocks)
+        return (scale.reshape(n, 16, 1) * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, QK_K)
 
 
 FORMATS: dict[GGMLQuantizationType, type[BlockFormat]] = {
@@ -296,3 +330,16 @@ def unpack_int4(raw, qtype: GGMLQuantizationType, shape, device=None):
     n_rows, k = shape
     q, scale, offset = fmt.unpack_int4(as_blocks(raw, qtype, device))
     return q.reshape(n_rows, k), scale.reshape(n_rows, k // 32), offset.reshape(n_rows, k // 32)
+
+
+def unpack_groups(raw, qtype: GGMLQuantizationType, shape, device=None):
+    """(q [N, K] small integers, scale [N, K/g], offset [N, K/g] or None, g) with w = q * scale + offset
+    per group of g values along a row, for the formats that have such a form (else a LlamatorchError)."""
+    fmt = block_format(qtype)
+    if not fmt.group_size:
+        raise LlamatorchError(f"{qtype.name} has no integer group form")
+    n_rows, k = shape
+    g = fmt.group_size
+    q, scale, offset = fmt.unpack_groups(as_blocks(raw, qtype, device))
+    offset = None if offset is None else offset.reshape(n_rows, k // g)
+    return q.reshape(n_rows, k), scale.reshape(n_rows, k // g), offset, g

@@ -1,9 +1,11 @@
 """Weight matrices ready for compute, with the kernel chosen from the block format and the device.
 
 - ``--dtype f32``: every weight dequantized once to float32; plain ``F.linear``. The exact reference.
-- ``bf16``/``f16``: weights dequantized once to the compute dtype for GEMMs (prefill); Q4_0, Q4_1 and
-  Q4_K matrices are *also* packed for PyTorch's int4 "tinygemm" kernel, which serves the few-row
-  products of decoding (3x faster than a bf16 GEMV here, the loss being bf16 rounding of scales).
+- ``bf16``/``f16``: weights dequantized once to the compute dtype for GEMMs (prefill).  Q4_0, Q4_1 and
+  Q4_K matrices are instead packed for PyTorch's int4 "tinygemm" kernel, which serves the few-row
+  products of decoding (3x faster than a bf16 GEMV here, the loss being bf16 rounding of scales); on
+  the CPU their many-row products rebuild the bf16 matrix per call from the pack (int4_dequant.py)
+  rather than keeping a second, 4x larger copy of the model.  GPUs keep the dense copy as well.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from . import formats
+from .int4_dequant import Int4Dequant, usable as dequant_usable
 from .gguf_file import GGUFFile
 
 # Products with at most this many rows use the int4 kernel; more rows use the dense GEMM.
 INT4_MAX_ROWS = 16
 INT4_GROUP = 32
+# On CUDA, products with at most this many rows use the Triton integer-group kernel (kernels/).
+QUANT_MAX_ROWS = 64
 
 
 @dataclass
@@ -50,7 +55,8 @@ def int4_packable(refs: list[TensorRef]) -> bool:
 
 
 def _pack_int4(refs: list[TensorRef], device: torch.device):
-    """Repack Q4 groups for tinygemm: (packed weights, [K/32, N, 2] bf16 scales and zeros)."""
+    """Repack Q4 groups for tinygemm: (packed weights, [K/32, N, 2] bf16 scales and zeros, and the exact
+    float32 [N, K/32] scales and offsets of `w = q * scale + offset`)."""
     qs, scales, offsets = [], [], []
     for r in refs:
         q, s, o = formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape, device=device)
@@ -61,6 +67,7 @@ def _pack_int4(refs: list[TensorRef], device: torch.device):
     scale = torch.cat(scales)
     # tinygemm computes (q - 8) * scale + zero; ours is q * scale + offset
     zero = torch.cat(offsets) + 8.0 * scale
+    offset = torch.cat(offsets)
     scale_zero = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()  # [K/32, N, 2]
     if device.type == "cpu":
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
@@ -69,7 +76,19 @@ def _pack_int4(refs: list[TensorRef], device: torch.device):
         inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * 16) == 0)
         pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # two 4-bit values per byte, high nibble first
         packed = torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), inner_k_tiles)
-    return packed, scale_zero
+    return packed, scale_zero, scale, offset
+
+
+def decode_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.device):
+    """The Triton integer-group form of a (fused) matrix for CUDA decoding, or None (no Triton, no
+    CUDA, a float format, or the float32 reference path)."""
+    from . import kernels
+
+    if dtype != torch.bfloat16 or not kernels.available(device):
+        return None
+    from .kernels.quant_matmul import QuantMatrix
+
+    return QuantMatrix.from_refs(refs, device)
 
 
 def _int4_mm(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
@@ -84,21 +103,32 @@ class Linear:
     def __init__(self, refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int4: bool = True):
         self.out_features = sum(r.info.shape[0] for r in refs)
         self.splits = [r.info.shape[0] for r in refs]
-        self.dense = torch.cat([r.dequantize(device=device, dtype=dtype) for r in refs]) if len(refs) > 1 else (
-            refs[0].dequantize(device=device, dtype=dtype)
-        )
-        self.packed = None
-        if int4 and dtype == torch.bfloat16 and int4_packable(refs):
-            self.packed, self.scale_zero = _pack_int4(refs, device)
+        self.packed = self.prefill = self.dense = None
+        self.quant = decode_matrix(refs, dtype, device)
+        if self.quant is None and int4 and dtype == torch.bfloat16 and int4_packable(refs):
+            self.packed, self.scale_zero, scale, offset = _pack_int4(refs, device)
+            if dequant_usable(self.out_features, refs[0].info.shape[1], device):
+                self.prefill = Int4Dequant(self.packed, scale, offset)
+        if self.prefill is None:
+            self.dense = torch.cat([r.dequantize(device=device, dtype=dtype) for r in refs]) if len(refs) > 1 else (
+                refs[0].dequantize(device=device, dtype=dtype)
+            )
         for r in refs:
             r.release()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            rows = x.numel() // x.shape[-1]
+            if rows <= QUANT_MAX_ROWS:
+                y = self.quant(x.reshape(rows, x.shape[-1]).contiguous())
+                return y.reshape(*x.shape[:-1], self.out_features)
         if self.packed is not None:
             rows = x.numel() // x.shape[-1]
             if rows <= INT4_MAX_ROWS:
                 y = _int4_mm(x.reshape(rows, x.shape[-1]), self.packed, self.scale_zero)
                 return y.reshape(*x.shape[:-1], self.out_features)
+            if self.prefill is not None:  # many rows on the CPU: the bf16 matrix rebuilt from the pack
+                return torch.matmul(x, self.prefill.weight_t())
         return F.linear(x, self.dense)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -107,6 +137,8 @@ class Linear:
     @property
     def nbytes_decode(self) -> int:
         """Bytes of weights read per decode step (for GB/s reports)."""
+        if self.quant is not None:
+            return self.quant.nbytes
         if self.packed is not None:
             return self.packed.numel() * self.packed.element_size() + self.scale_zero.numel() * 2
         return self.dense.numel() * self.dense.element_size()

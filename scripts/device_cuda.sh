@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (device tool, carrying .whl): CUDA tests, then bench on random-weight models
 # of the exact shapes of SmolLM2-135M Q4_1 and Llama-3.2-1B Q4_0.
-#   bash scripts/device_cuda.sh [tests|bench|all|profile|overhead]
+#   bash scripts/device_cuda.sh [tests|bench|all|profile|overhead|batched|kernels]
 set -uo pipefail
 what=${1:-all}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
@@ -11,12 +11,18 @@ export PYTHONPATH=/tmp/site:/tmp/lt PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 lt() { python3 -m llamatorch.cli.app "$@"; }
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_llama_model.py tests/test_formats.py 2>&1 | tail -15
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_kernels.py tests/test_llama_model.py tests/test_formats.py 2>&1 | tail -15
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
   python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
-  lt bench -m /tmp/smollm2-q4_1.gguf -m /tmp/llama1b-q4_0.gguf -p 512 -n 128 -r 3 --device cuda 2>&1
+  python3 scripts/make_shape_model.py --shape llama1b --type q4_k_m --out /tmp/llama1b-q4_k_m.gguf
+  lt bench -m /tmp/smollm2-q4_1.gguf -m /tmp/llama1b-q4_0.gguf -m /tmp/llama1b-q4_k_m.gguf -p 512 -n 128 -r 3 \
+    --device cuda 2>&1
+fi
+if [ "$what" = kernels ]; then  # tile sweep of the Triton matmul on both shapes
+  python3 scripts/bench_quant_matmul.py --shape llama1b --rows 1,16,64 --sweep 2>&1 | grep -v failed
+  python3 scripts/bench_quant_matmul.py --shape smollm2 --rows 1,16 --sweep 2>&1 | grep -v failed
 fi
 if [ "$what" = profile ]; then
   [ -f /tmp/smollm2-q4_1.gguf ] || python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
-from ..weights import Linear, TensorRef
+from ..weights import Linear, TensorRef, decode_matrix
 from .outputs import tied_output
 from .common import Step, attend, rms_norm, rope_pairs, rope_tables
 
@@ -100,6 +100,8 @@ class LlamaModel:
         self.dtype, self.device = dtype, device
         emb_ref = check_shape(f, "token_embd.weight", (p.n_vocab, p.n_embd))
         self.tok_embd = emb_ref.dequantize(device, dtype)
+        # a tied output matrix reads the embeddings' own blocks when decoding on CUDA
+        self.embd_quant = decode_matrix([emb_ref], dtype, device) if "output.weight" not in f.tensors else None
         emb_ref.release()
         self.layers = [self.layer_class(f, p, il, dtype, device) for il in range(p.n_layer)]
         self.out_norm = check_shape(f, "output_norm.weight", (p.n_embd,)).dequantize(device)
@@ -115,7 +117,7 @@ class LlamaModel:
         p = self.params
         if "output.weight" in f.tensors:
             return Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], self.dtype, self.device)
-        return tied_output(self.tok_embd, self.dtype, self.device)
+        return tied_output(self.tok_embd, self.dtype, self.device, self.embd_quant)
 
     def prepare(self, n_ctx: int) -> None:
         """Precompute position tables for a context of n_ctx (+1 trash cell)."""

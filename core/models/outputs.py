@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..weights import INT4_MAX_ROWS, Linear
+from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear
 
 _CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
 
@@ -68,20 +68,30 @@ def for_decode(lin: Linear) -> Linear | Int8Linear:
 class DenseOutput:
     """y = x @ W.T with the (tied) matrix as it is: the float32 path and GPUs."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, quant=None):
         self.weight = weight
+        self.quant = quant  # the Triton integer-group form for CUDA decoding (weights.decode_matrix)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if self.quant is not None and rows <= QUANT_MAX_ROWS:
+            y = self.quant(x.reshape(rows, x.shape[-1]).contiguous())
+            return y.reshape(*x.shape[:-1], -1)
         return F.linear(x, self.weight)
 
     @property
     def nbytes_decode(self) -> int:
+        if self.quant is not None:
+            return self.quant.nbytes
         return self.weight.numel() * self.weight.element_size()
 
 
-def tied_output(emb: torch.Tensor, dtype: torch.dtype, device: torch.device):
-    """The output projection reusing the embedding matrix `emb` (already dequantized to `dtype`)."""
-    return Int8Linear(emb, [emb.shape[0]]) if int8_wanted(dtype, device) else DenseOutput(emb)
+def tied_output(emb: torch.Tensor, dtype: torch.dtype, device: torch.device, quant=None):
+    """The output projection reusing the embedding matrix `emb` (already dequantized to `dtype`);
+    `quant`: its Triton form for CUDA decoding, if any."""
+    if quant is None and int8_wanted(dtype, device):
+        return Int8Linear(emb, [emb.shape[0]])
+    return DenseOutput(emb, quant)
 
 
 def quantize_int4_groups(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

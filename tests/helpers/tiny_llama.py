@@ -107,3 +107,39 @@ def write_llama_gguf(model, path: Path, vocab_tokens: list[str] | None = None) -
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def requantize_gguf(src: Path, out: Path, qtype_name: str, embd_qtype_name: str | None = None) -> Path:
+    """A copy of the float GGUF `src` with its 2-D weights quantized to `qtype_name` (our bit-exact
+    quantizers) and the token embeddings to `embd_qtype_name` (kept float when None)."""
+    import gguf
+
+    from llamatorch.core import formats
+    from llamatorch.core.gguf_file import GGUFFile
+    from llamatorch.quantize.blocks import quantize_rows
+
+    T = gguf.GGMLQuantizationType
+    f = GGUFFile(src)
+    w = gguf.GGUFWriter(str(out), "llama")
+    reader = gguf.GGUFReader(str(src))
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_array(field.name, field.contents())
+        else:
+            w.add_key_value(field.name, field.contents(), vtype)
+    for name, info in f.tensors.items():
+        x = formats.dequantize(f.raw(name), info.qtype, info.shape).numpy()
+        qname = embd_qtype_name if "token_embd" in name else qtype_name if x.ndim == 2 else None
+        if qname is None:
+            w.add_tensor(name, x)
+        else:
+            raw = quantize_rows(T[qname], x).reshape(x.shape[0], -1)
+            w.add_tensor(name, raw, raw_dtype=T[qname])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

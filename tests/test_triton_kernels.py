@@ -1,0 +1,201 @@
+"""The Triton decode kernels (core/kernels) against PyTorch references.
+
+On a GPU they run for real; without one, through Triton's CPU interpreter (Triton >= 3.9: older
+interpreters fail on NumPy >= 2.4).  Skipped only where Triton itself is not installed.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+# Without a GPU the kernels run in Triton's interpreter, which must be on when Triton itself is first
+# imported (its own library functions are kernels too) and while kernels run (it imports lazily).  The
+# variable is restored after the import and after each test, so other tests keep the PyTorch paths.
+_old = os.environ.get("TRITON_INTERPRET")
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    triton = pytest.importorskip("triton")
+    if not ON_GPU and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip("Triton's interpreter before 3.9 cannot run on this NumPy", allow_module_level=True)
+    from llamatorch.core.kernels import decode_ops, llama_step, quant_matmul
+finally:
+    if _old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _old
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    if not ON_GPU:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return {"quant_matmul": quant_matmul, "decode_ops": decode_ops, "llama_step": llama_step}
+
+
+class _Ref:
+    """A stand-in for weights.TensorRef over raw bytes (what QuantMatrix.from_refs reads)."""
+
+    class _File:
+        def __init__(self, raw):
+            self._raw = raw
+
+        def raw(self, name):
+            return self._raw
+
+    class _Info:
+        def __init__(self, qtype, shape):
+            self.qtype, self.shape = qtype, shape
+
+    def __init__(self, values: np.ndarray, qtype):
+        from llamatorch.quantize.blocks import quantize_rows
+
+        self.name = "w"
+        self.file = self._File(quantize_rows(qtype, values))
+        self.info = self._Info(qtype, values.shape)
+
+
+def _quantized(qtype_name: str, rows: int, cols: int, seed: int):
+    import gguf
+
+    from llamatorch.core import formats
+
+    qtype = gguf.GGMLQuantizationType[qtype_name]
+    values = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) * 0.05
+    ref = _Ref(values, qtype)
+    exact = formats.dequantize(ref.file.raw("w"), qtype, (rows, cols))  # ggml's float32 weights
+    return ref, exact
+
+
+TYPES = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K"]
+
+
+# bf16 operands equal to the reference's: on a GPU only the summation order differs.  The interpreter
+# truncates float32 -> bf16 instead of rounding, which costs up to ~1e-2 of relative error.
+EXACT_TOL = 1e-3 if ON_GPU else 1e-2
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, tol: float = EXACT_TOL) -> None:
+    err = (y.float().cpu() - ref).norm() / ref.norm()
+    assert err < tol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_quant_matmul_matches_ggml_weights(kernels, qtype):
+    """x @ W.T from the integer groups equals the product with ggml's dequantized weights (bf16 operands)."""
+    QuantMatrix = kernels["quant_matmul"].QuantMatrix
+    ref, w = _quantized(qtype, 96, 512, seed=TYPES.index(qtype))
+    qm = QuantMatrix.from_refs([ref], DEVICE)
+    assert qm.bits == (4 if qtype.startswith("Q4") else 8)
+    for m in (1, 5, 19):
+        x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
+        y = qm(x.to(DEVICE, torch.bfloat16), torch.full((m, 96), float("nan"), device=DEVICE))
+        _close(y, x.bfloat16().float() @ w.bfloat16().float().T)
+
+
+def test_quant_matmul_fused_parts_of_mixed_formats(kernels):
+    """A fused matrix of Q4_K and Q6_K parts (as in Q4_K_M's QKV) goes 8-bit with 16-wide groups."""
+    QuantMatrix = kernels["quant_matmul"].QuantMatrix
+    (a, wa), (b, wb) = _quantized("Q4_K", 64, 256, seed=1), _quantized("Q6_K", 32, 256, seed=2)
+    qm = QuantMatrix.from_refs([a, b], DEVICE)
+    assert (qm.bits, qm.group, qm.out_features) == (8, 16, 96)
+    x = torch.randn(3, 256)
+    _close(qm(x.to(DEVICE, torch.bfloat16)), x.bfloat16().float() @ torch.cat([wa, wb]).bfloat16().float().T)
+
+
+def test_quant_matmul_epilogues(kernels):
+    """The fused RMSNorm, silu(gate) * up and residual equal the separate operations."""
+    QuantMatrix = kernels["quant_matmul"].QuantMatrix
+    ref, w = _quantized("Q4_1", 64, 256, seed=3)
+    qm = QuantMatrix.from_refs([ref], DEVICE)
+    wt = w.bfloat16().float().T
+    g = torch.Generator().manual_seed(0)
+    x, norm_w, res = torch.randn(4, 256, generator=g), torch.rand(256, generator=g), torch.randn(4, 64, generator=g)
+    dev = lambda t: t.to(DEVICE)  # noqa: E731
+    y = qm(dev(x), torch.empty(4, 64, device=DEVICE), norm=dev(norm_w), eps=1e-5)
+    _close(y, F.rms_norm(x, (256,), norm_w, 1e-5).bfloat16().float() @ wt)
+    gu = torch.randn(4, 512, generator=g) * 3
+    y = qm(dev(gu), dev(res.clone()), silu_mul=True, residual=dev(res.clone()))
+    _close(y, (F.silu(gu[:, :256]) * gu[:, 256:]).bfloat16().float() @ wt + res)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_store_and_decode_attention(kernels, neox):
+    from llamatorch.core.models.common import apply_rope, rope_tables
+
+    ops = kernels["decode_ops"]
+    B, H, HKV, hd, cells = 3, 6, 2, 64, 80
+    g = torch.Generator().manual_seed(int(neox))
+    cos, sin = rope_tables(cells, hd, 10000.0, "cpu")
+    qkv = torch.randn(B, (H + 2 * HKV) * hd, generator=g).bfloat16()
+    kc = torch.randn(B, HKV, cells, hd, generator=g).bfloat16()
+    vc = torch.randn(B, HKV, cells, hd, generator=g).bfloat16()
+    pos, rows = torch.tensor([5, 70, 0]), torch.tensor([2, 0, 1])
+    q = torch.full((B, H * hd), float("nan"), dtype=torch.bfloat16)
+    k2, v2, q2 = kc.to(DEVICE), vc.to(DEVICE), q.to(DEVICE)
+    ops.rope_store(qkv.to(DEVICE), q2, k2, v2, pos.to(DEVICE), rows.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE),
+                   H, HKV, hd, neox)
+    x = qkv.view(B, H + 2 * HKV, 1, hd)
+    c, s = cos[pos][:, None, None], sin[pos][:, None, None]
+    if neox:
+        rot = apply_rope(x[:, : H + HKV], c, s, True)
+    else:  # ggml's normal mode: adjacent pairs
+        xr = x[:, : H + HKV].float().unflatten(-1, (hd // 2, 2))
+        rot = torch.stack([xr[..., 0] * c - xr[..., 1] * s, xr[..., 0] * s + xr[..., 1] * c], -1).flatten(-2)
+    _close(q2.cpu().view(B, H, hd), rot[:, :H, 0].float(), 1e-2)
+    k2, v2 = k2.cpu(), v2.cpu()
+    written = torch.zeros(B, cells, dtype=torch.bool)
+    for b in range(B):
+        written[rows[b], pos[b]] = True
+        _close(k2[rows[b], :, pos[b]], rot[b, H:, 0].float(), 1e-2)
+        assert torch.equal(v2[rows[b], :, pos[b]], x[b, H + HKV :, 0])
+    assert torch.equal(k2.transpose(1, 2)[~written], kc.transpose(1, 2)[~written])  # nothing else written
+
+    out = torch.full((B, H * hd), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    ops.decode_attention(q2, k2.to(DEVICE), v2.to(DEVICE), out, pos.to(DEVICE), rows.to(DEVICE), H, 1 / math.sqrt(hd))
+    for b in range(B):
+        n = int(pos[b]) + 1
+        keys = k2[rows[b], :, :n].float().repeat_interleave(H // HKV, 0)
+        vals = v2[rows[b], :, :n].float().repeat_interleave(H // HKV, 0)
+        qb = q2.cpu().view(B, H, 1, hd)[b].float()
+        ref = F.scaled_dot_product_attention(qb, keys, vals)[:, 0]
+        _close(out.cpu().view(B, H, hd)[b], ref, 1e-2)
+
+
+@pytest.fixture(scope="module")
+def tiny_q4(tmp_path_factory):
+    from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
+
+    model = hf_llama(tiny_llama_config(hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                                       num_key_value_heads=2))  # K-quants need rows of 256
+    d = tmp_path_factory.mktemp("k")
+    return requantize_gguf(write_llama_gguf(model, d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
+
+
+def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4):
+    """The six-kernel decode step (two sequences at different lengths) equals the float32 reference."""
+    from llamatorch.core.engine import Batch, Engine
+
+    g = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (9, 4)]
+    eng = Engine(tiny_q4, n_ctx=64, n_seq=2, dtype="bf16", device=DEVICE)
+    assert kernels["llama_step"].supports(eng.model)
+    step = kernels["llama_step"].LlamaDecodeStep(eng.model, eng.cache, 2, eng.device)
+    ref = Engine(tiny_q4, n_ctx=64, dtype="f32", device="cpu")
+    for s, toks in enumerate(seqs):
+        eng.decode(Batch.sequence(toks[:-1], seq=s))
+    for t in range(3):
+        step.inputs.copy_(torch.tensor([[toks[-1] for toks in seqs], [len(toks) - 1 for toks in seqs]]))
+        out = step.forward().cpu().clone()
+        for s, toks in enumerate(seqs):
+            ref.cache.clear()
+            want = ref.decode(Batch.sequence(toks))[0]
+            assert (out[s] - want).abs().max() < 0.05 * want.abs().max(), (t, s)
+            toks.append(int(want.argmax()))
