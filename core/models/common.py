@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..kv_cache import KVCache
+from .prefill_attention import prefill_attention
+
+PREFILL_MIN_ROWS = 16  # bf16 CPU batches with more query rows than this skip SDPA (prefill_attention.py)
 
 
 @dataclass
@@ -101,6 +104,8 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
     else:
         keys, values = kc[step.rows, :, start:S], vc[step.rows, :, start:S]
     B, H, T, D = q.shape
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T > PREFILL_MIN_ROWS:
+        return prefill_attention(q, keys, values, step.mask if mask is None else mask, scale, step._biases)
     group = H // keys.shape[1]
     # Grouped-query attention without copying K/V: the `group` query heads that share a KV head are
     # stacked along the query axis, so one plain SDPA call (with an additive mask, which the fused
