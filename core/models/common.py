@@ -31,6 +31,7 @@ class Step:
     mask: torch.Tensor
     n_visible: int
     rows_contiguous: tuple[int, int] | None  # (first, count) when rows are a plain range
+    write_start: int | None = None  # with contiguous rows: every row writes cells start..start+T-1
     _biases: dict = field(default_factory=dict, repr=False)  # additive masks, built once per forward
 
     def attention_bias(self, mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
@@ -94,9 +95,14 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
     Returns [B, T, H*D].
     """
     kc, vc = cache.k[layer], cache.v[layer]
-    rows = step.rows[:, None]
-    kc[rows, :, step.write_pos] = k.transpose(1, 2).to(kc.dtype)
-    vc[rows, :, step.write_pos] = v.transpose(1, 2).to(vc.dtype)
+    if step.write_start is not None:  # slice copies: cheaper than index_put (decode pays it per layer)
+        (first, count), p0, n = step.rows_contiguous, step.write_start, k.shape[2]
+        kc[first : first + count, :, p0 : p0 + n] = k
+        vc[first : first + count, :, p0 : p0 + n] = v
+    else:
+        rows = step.rows[:, None]
+        kc[rows, :, step.write_pos] = k.transpose(1, 2).to(kc.dtype)
+        vc[rows, :, step.write_pos] = v.transpose(1, 2).to(vc.dtype)
     S = step.n_visible
     if step.rows_contiguous is not None:
         first, count = step.rows_contiguous
