@@ -15,12 +15,24 @@ import itertools
 
 import torch
 
-SHAPES = {  # name: [(label, N, K, bits, group)]
+SHAPES = {  # name: [(label, N, K, bits, group)]; labels name the fusions of the decode step
     "llama1b": [("qkv", 3072, 2048, 4, 32), ("o", 2048, 2048, 4, 32), ("gate_up", 16384, 2048, 4, 32),
                 ("down", 2048, 8192, 4, 32), ("out Q6_K", 128256, 2048, 8, 16)],
     "smollm2": [("qkv", 960, 576, 4, 32), ("o", 576, 576, 4, 32), ("gate_up", 3072, 576, 4, 32),
                 ("down", 576, 1536, 4, 32), ("out Q8_0", 49152, 576, 8, 32)],
 }
+
+
+def fusions(label: str, x: torch.Tensor, out: torch.Tensor) -> dict:
+    """The decode step's fused operations for this matrix (llama_step.py)."""
+    norm = torch.rand(x.shape[1], device=x.device)
+    if label == "gate_up":
+        return dict(norm=norm, eps=1e-5, glu=True)
+    if label in ("o", "down"):
+        return dict(accumulate=True)
+    if label == "qkv":
+        return dict(norm=norm, eps=1e-5, accumulate=True)
+    return dict(norm=norm, eps=1e-5)
 
 
 def graph_time_us(fn, reps: int = 20) -> float:
@@ -52,9 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    configs = [(QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES)]
-    if args.sweep:
-        configs += list(itertools.product((16, 32, 64), (64, 128, 256), (4,), (3,))) + [(32, 128, 8, 3), (32, 256, 4, 2)]
+    default = (None, None, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES)
     for label, N, K, bits, group in SHAPES[args.shape]:
         if bits == 4:
             q = torch.randint(0, 16, (N, K), dtype=torch.uint8, device=dev)
@@ -66,24 +76,32 @@ def main() -> None:
         qm = QuantMatrix(q, scale, None if offset is None else offset.half().float(), group)
         dense = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
         for M in map(int, args.rows.split(",")):
-            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-            out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
-            t_dense = graph_time_us(lambda: torch.matmul(x, dense.T, out=out))
-            best = None
-            for bn, bk, nw, ns in configs:
-                QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES = bn, bk, nw, ns
+            x = torch.randn(M, K, device=dev, dtype=torch.float32)
+            out = torch.zeros(M, N // 2 if label == "gate_up" else N, device=dev, dtype=torch.float32)
+            fused = fusions(label, x, out)
+            xb = x.bfloat16()
+            dense_out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+            t_dense = graph_time_us(lambda: torch.matmul(xb, dense.T, out=dense_out))
+            def timed(cfg):
+                QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES = cfg
                 try:
-                    t = graph_time_us(lambda: qm(x, out))
-                except Exception as e:  # a tile shape the compiler rejects (shared memory)
-                    print(f"    {label} M={M} ({bn},{bk},{nw},{ns}) failed: {type(e).__name__}")
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, (bn, bk, nw, ns))
-            t, cfg = best
+                    return graph_time_us(lambda: qm(x, out, **fused)), cfg
+                except Exception as e:  # a tile shape the compiler rejects
+                    print(f"    {label} M={M} {cfg} failed: {type(e).__name__}")
+                    return float("inf"), cfg
+                finally:
+                    QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES = default
+
+            t0, _ = timed(default)
+            t, cfg = t0, qm.tiles(out.shape[1]) + default[2:]
+            if args.sweep:  # tiles first, then warps and pipelining depth at the best tiles
+                t, cfg = min((timed(c) for c in itertools.product((2, 4, 8, 16), (256, 512, 1024), default[2:3],
+                                                                    default[3:])), key=lambda r: r[0])
+                t, cfg = min([(t, cfg)] + [timed(cfg[:2] + c) for c in ((2, 2), (8, 2), (4, 1), (4, 3))],
+                             key=lambda r: r[0])
             gbs = qm.nbytes / t / 1e3
-            print(f"{args.shape} {label:9s} N={N:6d} K={K:5d} M={M:3d}: triton {t:7.1f} us ({gbs:6.0f} GB/s) "
-                  f"cfg {cfg}  dense bf16 {t_dense:7.1f} us", flush=True)
-            QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES = configs[0]
+            print(f"{args.shape} {label:9s} N={N:6d} K={K:5d} M={M:3d}: default {t0:6.1f} us, best {t:6.1f} us "
+                  f"({gbs:5.0f} GB/s) {cfg}; dense bf16 {t_dense:6.1f} us", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """A llama-family decode step (one token for each of B sequences) in six Triton kernels per layer.
 
-    [RMSNorm + QKV] -> [RoPE + KV store] -> [attention] -> [O + residual]
-    -> [RMSNorm + gate|up] -> [silu * up + down + residual]
+    [RMSNorm + QKV] -> [RoPE + KV store] -> [attention] -> [O, added to the residual]
+    -> [RMSNorm + gate|up + silu(gate) * up] -> [down, added to the residual]
+
+(plus a memset of the QKV accumulator: products that add into their output may split K over
+programs, see quant_matmul.py).
 
 Every buffer is preallocated and every length is read on the device, so one CUDA graph per batch
-size replays the whole step.  The residual stream is float32 (as in ggml); matrix inputs are bf16.
+size replays the whole step.  The residual stream is float32 (as in ggml).  The matrix kernel is a
+matrix-vector product: batches of more than QUANT_MAX_ROWS sequences run their products as dense bf16
+GEMMs (cuBLAS; the norm, silu * up and residual then as separate PyTorch ops) and keep the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
+from ..weights import QUANT_MAX_ROWS
 from .decode_ops import decode_attention, rope_store
 
 
@@ -37,24 +44,49 @@ class LlamaDecodeStep:
         qd = p.n_head * p.head_dim
         bf16 = dict(dtype=torch.bfloat16, device=device)
         self.x = torch.zeros(B, p.n_embd, dtype=torch.float32, device=device)
-        self.qkv = torch.zeros(B, qd + 2 * p.n_head_kv * p.head_dim, **bf16)
+        self.gemv = B <= QUANT_MAX_ROWS
+        self.qkv = torch.zeros(B, qd + 2 * p.n_head_kv * p.head_dim, dtype=torch.float32, device=device)
         self.q = torch.zeros(B, qd, **bf16)
         self.attn = torch.zeros(B, qd, **bf16)
-        self.gate_up = torch.zeros(B, 2 * p.n_ff, **bf16)
+        # silu(gate) * up: written by the gate/up kernel itself (GLU) or computed from both halves
+        self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
+            torch.zeros(B, 2 * p.n_ff, **bf16))
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
         self.scale = 1.0 / math.sqrt(p.head_dim)
 
+    def _matmul(self, mat, x, out, *, norm=None, glu=False, accumulate=False) -> None:
+        """out (+)= W @ norm(x), or silu(gate . x) * (up . x) with glu (the dense path leaves
+        [gate | up] for the next product: see _ffn_input)."""
+        eps = self.p.rms_eps
+        if self.gemv:
+            mat.quant(x, out, norm=norm, eps=eps, glu=glu, accumulate=accumulate)
+            return
+        if norm is not None:
+            x = F.rms_norm(x, (x.shape[1],), norm, eps)
+        y = F.linear(x.to(torch.bfloat16), mat.dense if hasattr(mat, "dense") else mat.weight)
+        if accumulate:  # (the dense path never asks for it on the QKV output, see forward)
+            out.add_(y)
+        else:
+            out.copy_(y)
+
+    def _ffn_input(self) -> torch.Tensor:
+        if self.gemv:
+            return self.ffn_in
+        half = self.ffn_in.shape[1] // 2
+        return F.silu(self.ffn_in[:, :half]) * self.ffn_in[:, half:]
+
     def forward(self) -> torch.Tensor:
-        m, p, c = self.model, self.p, self.cache
-        eps, x = p.rms_eps, self.x
+        m, p, c, x = self.model, self.p, self.cache, self.x
         x.copy_(m.tok_embd[self.tokens])
         for il, L in enumerate(m.layers):
-            L.qkv.quant(x, self.qkv, norm=L.attn_norm, eps=eps)
+            if self.gemv:
+                self.qkv.zero_()
+            self._matmul(L.qkv, x, self.qkv, norm=L.attn_norm, accumulate=self.gemv)
             rope_store(self.qkv, self.q, c.k[il], c.v[il], self.positions, self.rows, m.rope_cos, m.rope_sin,
                        p.n_head, p.n_head_kv, p.head_dim, neox=False)
             decode_attention(self.q, c.k[il], c.v[il], self.attn, self.positions, self.rows, p.n_head, self.scale)
-            L.wo.quant(self.attn, x, residual=x)
-            L.gate_up.quant(x, self.gate_up, norm=L.ffn_norm, eps=eps)
-            L.down.quant(self.gate_up, x, silu_mul=True, residual=x)
-        m.output.quant(x, self.logits, norm=m.out_norm, eps=eps)
+            self._matmul(L.wo, self.attn, x, accumulate=True)
+            self._matmul(L.gate_up, x, self.ffn_in, norm=L.ffn_norm, glu=True)
+            self._matmul(L.down, self._ffn_input(), x, accumulate=True)
+        self._matmul(m.output, x, self.logits, norm=m.out_norm)
         return self.logits

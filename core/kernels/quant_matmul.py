@@ -3,14 +3,23 @@
 Decoding reads every weight once per step, so bytes are time: Q4 matrices stay at 4 bits (two values
 per byte), the other formats (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K) at 8 bits, instead of a 2-byte bf16 copy.
 Scales and offsets are stored in float16 when that is exact (Q4_0, Q4_1, Q8_0, Q5_x: ggml's own half
-floats) and in float32 otherwise (the K-quants' d * sub-scale products), so the weights the kernel
-rebuilds are ggml's float32 values, rounded once to bf16 for the tensor-core product (as the dense
-bf16 path rounds them).
+floats) and in float32 otherwise (the K-quants' d * sub-scale products).  The kernel works in float32
+throughout: per group it sums q * x in float32 and applies the group's scale and offset after, so the
+products are those of ggml's exact float32 weights (no bf16 rounding of weights or inputs).
+
+It is a matrix-*vector* kernel, made for decoding: each input row re-reads the weights (from L2 after
+the first), so callers with many rows use a dense GEMM instead.
 
 The kernel can also fold in the neighbours of a matrix product in a decode layer, saving a launch each:
-- NORM: RMSNorm of the input rows (x * rsqrt(mean(x^2) + eps) * weight), computed per program;
-- SILU_MUL: the input is [gate | up] and the product takes silu(gate) * up (the FFN's down matrix);
-- RESIDUAL: adds a residual to the result (which may be written in place over it).
+- NORM: RMSNorm of the input row.  W (x * rstd * w_norm) = rstd * W (x * w_norm): the kernel multiplies
+  the inputs by the norm weight as it reads them and applies rstd = rsqrt(mean(x^2) + eps) to its
+  results at the end;
+- GLU: the matrix is [gate; up] (2N rows) and the output is silu(gate row i . x) * (up row i . x), N
+  values: each program takes the same BLOCK_N rows of both halves (the FFN's gate/up product);
+- ACCUMULATE: out += result (the residual stream, updated in place).  Then the K axis can also be
+  split over several programs (SPLIT_K), which add their partial sums atomically: small matrices get
+  enough programs to keep the memory system busy, long rows shorter loops.  (Float atomics make the
+  order of those few additions, and so the last bit of a sum, vary from run to run.)
 """
 
 from __future__ import annotations
@@ -22,93 +31,112 @@ import triton.language as tl
 from .. import formats
 from . import interpreting
 
-# fixed when the kernels are defined: the interpreter is chosen then too (TRITON_INTERPRET at import)
-_DOT_F32 = interpreting()
+_INTERPRETED = interpreting()  # fixed when the kernels are defined (TRITON_INTERPRET is read then)
+TARGET_PROGRAMS = 264  # two per multiprocessor of an H100
 
 
 @triton.jit
-def _activations(x_rows, kk, m_ok, K, rstd, norm_ptr, NORM: tl.constexpr, SILU_MUL: tl.constexpr):
-    """The [BLOCK_M, len(kk)] bf16 input tile at columns kk, after the optional norm / silu * up."""
-    xv = tl.load(x_rows + kk[None, :], mask=m_ok[:, None], other=0.0).to(tl.float32)
-    if SILU_MUL:
-        up = tl.load(x_rows + K + kk[None, :], mask=m_ok[:, None], other=0.0).to(tl.float32)
-        xv = xv / (1.0 + tl.exp(-xv)) * up
-    if NORM:
-        xv = xv * rstd[:, None] * tl.load(norm_ptr + kk).to(tl.float32)[None, :]
-    return xv.to(tl.bfloat16)
+def _tile_fma(acc, w_ptr, s_ptr, o_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
+              BITS: tl.constexpr, PER: tl.constexpr, HAS_OFFSET: tl.constexpr):
+    """acc [BLOCK_N, G, PER] += w * x for one tile of weight rows `rows`; weights q * scale + offset.
 
-
-@triton.jit
-def _group_weights(q, s_ptr, o_ptr, rn, n_ok, grp, K, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr):
-    """Integer tile q [len(grp), BLOCK_N] (rows are k) -> bf16 weights q * scale + offset."""
-    idx = rn[None, :] * (K // GROUP) + grp[:, None]
-    w = q.to(tl.float32) * tl.load(s_ptr + idx, mask=n_ok[None, :], other=0.0).to(tl.float32)
-    if HAS_OFFSET:
-        w += tl.load(o_ptr + idx, mask=n_ok[None, :], other=0.0).to(tl.float32)
-    return w.to(tl.bfloat16)
-
-
-@triton.jit
-def _dot(a, b, DOT_F32: tl.constexpr):
-    """Tensor-core product of bf16 tiles; Triton's CPU interpreter multiplies bf16 wrongly, so there
-    the (already bf16-rounded) tiles are widened to float32 first."""
-    if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
-
-
-@triton.jit
-def _quant_matmul_kernel(
-    x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, r_ptr, norm_ptr,
-    M, N, K, stride_xm, stride_ym, stride_rm, eps,
-    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    NORM: tl.constexpr, SILU_MUL: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < N
-    x_rows = x_ptr + rm[:, None] * stride_xm
-
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if NORM:  # every program reads its rows whole once (a few KiB, from L2) for the norm's statistic
-        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            xv = tl.load(x_rows + k0 + tl.arange(0, BLOCK_K)[None, :], mask=m_ok[:, None], other=0.0)
-            xv = xv.to(tl.float32)
-            ss += tl.sum(xv * xv, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / K + eps)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if BITS == 4:
-        # byte i of a row holds values 2i (low nibble) and 2i+1 (high nibble): the product over a tile
-        # is the even columns' product plus the odd columns', with no interleaving in registers
-        HALF: tl.constexpr = BLOCK_K // 2
-        i = tl.arange(0, HALF)
-        for k0 in range(0, K, BLOCK_K):
-            even = k0 + 2 * i
-            grp = even // GROUP
-            b = tl.load(w_ptr + rn[None, :] * (K // 2) + (k0 // 2 + i)[:, None], mask=n_ok[None, :], other=0)
-            w_lo = _group_weights(b & 0xF, s_ptr, o_ptr, rn, n_ok, grp, K, GROUP, HAS_OFFSET)
-            w_hi = _group_weights(b >> 4, s_ptr, o_ptr, rn, n_ok, grp, K, GROUP, HAS_OFFSET)
-            x_even = _activations(x_rows, even, m_ok, K, rstd, norm_ptr, NORM, SILU_MUL)
-            x_odd = _activations(x_rows, even + 1, m_ok, K, rstd, norm_ptr, NORM, SILU_MUL)
-            acc += _dot(x_even, w_lo, DOT_F32)
-            acc += _dot(x_odd, w_hi, DOT_F32)
+    4-bit tiles: xa / xb are the inputs at even / odd columns ([G, PER]); 8-bit: xa is [G, PER].
+    Summing elementwise and reducing once after the loop keeps shuffles out of the loop."""
+    w_idx = rows[:, None, None] * (n_groups * PER) + grp[None, :, None] * PER + j[None, None, :]
+    wq = tl.load(w_ptr + w_idx, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
+    s_idx = rows[:, None] * n_groups + grp[None, :]
+    sg_ok = r_ok[:, None] & g_ok[None, :]
+    scale = tl.load(s_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
+    if BITS == 4:  # byte i of a row holds values 2i (low nibble) and 2i+1 (high nibble)
+        lo = (wq & 0xF).to(tl.float32) * scale
+        hi = (wq >> 4).to(tl.float32) * scale
+        if HAS_OFFSET:
+            offset = tl.load(o_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
+            lo += offset
+            hi += offset
+        acc += lo * xa[None] + hi * xb[None]
     else:
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            q = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=n_ok[None, :], other=0)
-            w = _group_weights(q, s_ptr, o_ptr, rn, n_ok, kk // GROUP, K, GROUP, HAS_OFFSET)
-            acc += _dot(_activations(x_rows, kk, m_ok, K, rstd, norm_ptr, NORM, SILU_MUL), w, DOT_F32)
+        w = wq.to(tl.float32) * scale
+        if HAS_OFFSET:
+            w += tl.load(o_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
+        acc += w * xa[None]
+    return acc
 
-    out_mask = m_ok[:, None] & n_ok[None, :]
-    if RESIDUAL:
-        acc += tl.load(r_ptr + rm[:, None] * stride_rm + rn[None, :], mask=out_mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+@triton.jit
+def _quant_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, norm_ptr,
+    N, K, stride_xm, stride_ym, eps,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    NORM: tl.constexpr, GLU: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program (n, m, s): BLOCK_N weight rows (and their GLU partners) times input row m, over the
+    s-th of SPLIT_K slices of the row's groups.  Tiles are [BLOCK_N, groups, bytes of a group]."""
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    split = tl.program_id(2)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    x_row = x_ptr + m * stride_xm
+    G: tl.constexpr = BLOCK_K // GROUP
+    PER: tl.constexpr = GROUP // 2 if BITS == 4 else GROUP  # bytes of one group
+    n_groups = K // GROUP
+    per_split = tl.cdiv(n_groups, SPLIT_K)
+    g_begin = split * per_split
+    g_end = tl.minimum(g_begin + per_split, n_groups)
+    g = tl.arange(0, G)
+    j = tl.arange(0, PER)
+
+    acc = tl.zeros((BLOCK_N, G, PER), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, G, PER), dtype=tl.float32)
+    squares = tl.zeros((G, PER), dtype=tl.float32)
+    for g0 in range(g_begin, g_end, G):
+        grp = g0 + g  # [G]
+        g_ok = grp < g_end
+        if BITS == 4:
+            col = grp[:, None] * GROUP + 2 * j[None, :]  # even columns, [G, PER]
+            xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xb = tl.load(x_row + col + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            if NORM:
+                squares += xa * xa + xb * xb
+                xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+                xb *= tl.load(norm_ptr + col + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        else:
+            col = grp[:, None] * GROUP + j[None, :]
+            xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xb = xa
+            if NORM:
+                squares += xa * xa
+                xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET)
+        if GLU:
+            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
+                               BITS, PER, HAS_OFFSET)
+
+    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if NORM:
+        if SPLIT_K > 1:  # this program saw a slice of the row: the statistic needs all of it
+            row_squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                xv = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+                row_squares += xv * xv
+            sum_squares = tl.sum(row_squares, axis=0)
+        else:
+            sum_squares = tl.sum(tl.sum(squares, axis=1), axis=0)
+        rstd = 1.0 / tl.sqrt(sum_squares / K + eps)
+        out *= rstd
+    if GLU:
+        up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
+        if NORM:
+            up *= rstd
+        out = out / (1.0 + tl.exp(-out)) * up
+    y = y_ptr + m * stride_ym + rn
+    if ACCUMULATE:
+        tl.atomic_add(y, out, mask=n_ok)
+    else:
+        tl.store(y, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def _exact_half(t: torch.Tensor) -> torch.Tensor:
@@ -120,11 +148,12 @@ def _exact_half(t: torch.Tensor) -> torch.Tensor:
 class QuantMatrix:
     """A [N, K] weight matrix in integer groups for the Triton kernel (one or several fused along N)."""
 
-    # tile sizes (BLOCK_M grows with the number of rows) and launch shape; scripts/bench_quant_matmul.py sweeps them
-    BLOCK_N = 32
-    BLOCK_K = 128
+    # tile sizes and launch shape (scripts/bench_quant_matmul.py sweeps them); None: chosen per shape
+    BLOCK_N: int | None = None
+    BLOCK_K: int | None = None
+    SPLIT_K: int | None = None
     NUM_WARPS = 4
-    NUM_STAGES = 3
+    NUM_STAGES = 2
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, group: int):
         self.out_features, self.in_features = q.shape
@@ -146,7 +175,7 @@ class QuantMatrix:
         the shape does not tile."""
         fmts = [formats.block_format(r.info.qtype) for r in refs]
         k = refs[0].info.shape[1]
-        if any(not f.group_size for f in fmts) or k % cls.BLOCK_K:
+        if any(not f.group_size for f in fmts) or k % 32:
             return None
         parts = [formats.unpack_groups(r.file.raw(r.name), r.info.qtype, r.info.shape, device) for r in refs]
         group = min(p[3] for p in parts)
@@ -167,24 +196,43 @@ class QuantMatrix:
         n = self.weight.numel() + self.scale.numel() * self.scale.element_size()
         return n + (0 if self.offset is None else self.offset.numel() * self.offset.element_size())
 
+    def tiles(self, n: int) -> tuple[int, int]:
+        """(BLOCK_N, BLOCK_K) for n output rows (best shapes of scripts/bench_quant_matmul.py --sweep
+        on an H100)."""
+        block_k = self.BLOCK_K or min(512 if self.bits == 4 else 1024, triton.next_power_of_2(self.in_features))
+        block_n = self.BLOCK_N or (4 if n <= 1024 or self.bits == 8 else 8 if n <= 4096 else 16)
+        if _INTERPRETED:  # the CPU interpreter runs programs one by one: fewer, larger ones
+            block_n = 64
+        return block_n, max(block_k, self.group)
+
+    def split_k(self, n_programs: int, block_k: int) -> int:
+        """Slices of K so that about TARGET_PROGRAMS programs run, each with at least one tile."""
+        if self.SPLIT_K is not None:
+            return self.SPLIT_K
+        tiles = triton.cdiv(self.in_features, block_k)
+        return max(1, min(tiles, TARGET_PROGRAMS // max(n_programs, 1)))
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, *, norm: torch.Tensor | None = None,
-                 eps: float = 0.0, silu_mul: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [M, K] (or [M, 2K] with silu_mul: gate | up); returns out [M, N] (bf16 unless given)."""
+                 eps: float = 0.0, glu: bool = False, accumulate: bool = False) -> torch.Tensor:
+        """x: [M, K] -> out [M, N] (bf16 unless given), or [M, N/2] with glu; with accumulate, out
+        (float32) += the product instead.
+
+        Made for few rows (decoding): each row re-reads the weights (from L2 after the first)."""
         M = x.shape[0]
-        N, K = self.out_features, self.in_features
-        assert x.stride(-1) == 1 and x.shape[-1] == (2 * K if silu_mul else K), (x.shape, K)
+        N, K = self.out_features // (2 if glu else 1), self.in_features
+        assert x.stride(-1) == 1 and x.shape[-1] == K, (x.shape, K)
         if out is None:
             out = torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
-        block_m = 16 if M <= 16 else 32 if M <= 32 else 64
-        grid = (triton.cdiv(N, self.BLOCK_N), triton.cdiv(M, block_m))
-        res = residual if residual is not None else out
-        _quant_matmul_kernel[grid](
-            x, self.weight, self.scale, self.scale if self.offset is None else self.offset, out, res,
+        assert not accumulate or out.dtype == torch.float32
+        block_n, block_k = self.tiles(N)
+        n_programs = triton.cdiv(N, block_n) * M
+        split = self.split_k(n_programs, block_k) if accumulate and not glu else 1
+        _quant_gemv_kernel[(triton.cdiv(N, block_n), M, split)](
+            x, self.weight, self.scale, self.scale if self.offset is None else self.offset, out,
             x if norm is None else norm,
-            M, N, K, x.stride(0), out.stride(0), res.stride(0), eps,
+            N, K, x.stride(0), out.stride(0), eps,
             BITS=self.bits, GROUP=self.group, HAS_OFFSET=self.offset is not None,
-            NORM=norm is not None, SILU_MUL=silu_mul, RESIDUAL=residual is not None,
-            BLOCK_M=block_m, BLOCK_N=self.BLOCK_N, BLOCK_K=self.BLOCK_K, DOT_F32=_DOT_F32,
-            num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
+            NORM=norm is not None, GLU=glu, ACCUMULATE=accumulate, SPLIT_K=split,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
         )
         return out
