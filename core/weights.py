@@ -23,7 +23,7 @@ from .gguf_file import GGUFFile
 INT4_MAX_ROWS = 16
 INT4_GROUP = 32
 # On CUDA, products with at most this many rows use the Triton integer-group kernel (kernels/).
-QUANT_MAX_ROWS = 64
+QUANT_MAX_ROWS = 4  # a matrix-vector kernel: more rows go to the dense GEMM
 
 
 @dataclass
