@@ -19,6 +19,7 @@ import torch
 from .errors import LlamatorchError
 from .gguf_file import GGUFFile
 from .kv_cache import KVCache
+from .memory import trim_heap
 from .models import model_class
 from .models.common import Step
 
@@ -70,16 +71,6 @@ def resolve_device(name: str) -> torch.device:
     raise LlamatorchError(f"unknown --device '{name}' (use auto, cpu or cuda)")
 
 
-def _trim_heap() -> None:
-    """Hand the loader's freed temporaries back to the OS (glibc keeps them in the heap otherwise)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
-
-
 def set_threads(n: int | None) -> int:
     n = n if n and n > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(n)
@@ -100,7 +91,7 @@ class Engine:
         with torch.inference_mode():
             self.model = cls(self.file, self.dtype, self.device)
         self.file.release()  # every weight is converted: keep only what the model holds
-        _trim_heap()
+        trim_heap()
         p = self.model.params
         self.n_ctx_train = p.n_ctx_train
         self.n_ctx = n_ctx if n_ctx > 0 else p.n_ctx_train

@@ -7,20 +7,19 @@ absorbs writes from padding tokens of ragged batches.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from .memory import lazy_zeros
 
 
 def _zeros(shape, dtype, device) -> torch.Tensor:
-    """Zeroed cache memory.  On the CPU it comes from calloc (through numpy), so pages are only
-    committed once cells are written: a 32k-token context costs nothing until it is used.
+    """Zeroed cache memory.  On the CPU it is an anonymous mapping, so pages are only committed once
+    cells are written: a 32k-token context costs nothing until it is used.
     (Zeros, not garbage: a masked cell still meets a zero softmax weight, and 0 * NaN is NaN.)
     """
     if torch.device(device).type != "cpu" or 0 in shape:
         return torch.zeros(shape, dtype=dtype, device=device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = np.zeros(shape[:-1] + (shape[-1] * itemsize,), dtype=np.uint8)
-    return torch.from_numpy(raw).view(dtype)
+    return lazy_zeros(shape, dtype)
 
 
 class KVCache:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
+from ..memory import trim_heap
 from ..weights import Linear, TensorRef, decode_matrix
 from .outputs import tied_output
 from .common import Step, attend, rms_norm, rope_pairs, rope_tables
@@ -103,7 +104,10 @@ class LlamaModel:
         # a tied output matrix reads the embeddings' own blocks when decoding on CUDA
         self.embd_quant = decode_matrix([emb_ref], dtype, device) if "output.weight" not in f.tensors else None
         emb_ref.release()
-        self.layers = [self.layer_class(f, p, il, dtype, device) for il in range(p.n_layer)]
+        self.layers = []
+        for il in range(p.n_layer):
+            self.layers.append(self.layer_class(f, p, il, dtype, device))
+            trim_heap()  # the layer's freed temporaries go back to the OS, not into a growing heap
         self.out_norm = check_shape(f, "output_norm.weight", (p.n_embd,)).dequantize(device)
         self.output = self.make_output(f)
         self.rope_cos, self.rope_sin = None, None
