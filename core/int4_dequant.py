@@ -10,7 +10,8 @@ The nibbles come straight out of the CPU pack, whose layout (AVX-512 builds) is 
 j of row k in block b holds column n = 64b + j in its low nibble and n = 64b + 32 + j in its high one.
 `layout_ok()` checks that on a probe once per process; a build that packs differently keeps dense copies.
 The arithmetic is ggml's float32 `q * scale + offset` rounded once to bf16, with the group scales and
-offsets kept exactly (float32): results equal the old dequantize-at-load path bit for bit.
+offsets kept exactly (half floats where they are, else float32): results equal the old
+dequantize-at-load path bit for bit.
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ class Int4Dequant:
         self.packed = packed.view(nb, self.k, BLOCK_N // 2)
 
         def block_order(t: torch.Tensor) -> torch.Tensor:  # [N, K/32] -> [N/64, K/32, 1, 2, 32] as the pack
-            return t.float().view(nb, 2, BLOCK_N // 2, groups).permute(0, 3, 1, 2).contiguous()[:, :, None]
+            t = t.float().view(nb, 2, BLOCK_N // 2, groups).permute(0, 3, 1, 2).contiguous()[:, :, None]
+            half = t.half()  # Q4_0/Q4_1 scales are half floats: stored so, they take half the memory
+            return half if torch.equal(half.float(), t) else t
 
         self.scale, self.offset = block_order(scale), block_order(offset)
 
     @property
     def nbytes(self) -> int:
-        return (self.scale.numel() + self.offset.numel()) * 4
+        return self.scale.numel() * self.scale.element_size() + self.offset.numel() * self.offset.element_size()
 
     def weight_t(self) -> torch.Tensor:
         """W^T as bf16 [K, N] in the shared scratch: valid until the next call of any matrix."""
