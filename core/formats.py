@@ -55,6 +55,13 @@ class BlockFormat:
         raise NotImplementedError
 
     group_size = 0  # > 0 when unpack_groups is available
+    two_level = False  # K-quants: group scales are a block scale times small integers (scale_factors)
+
+    @classmethod
+    def scale_factors(cls, blocks: torch.Tensor):
+        """K-quants: (d [n, 1], sc [n, groups], dmin [n, 1] or None, m [n, groups] or None) float32, with
+        unpack_groups' scale = d * sc and offset = -(dmin * m): the block's own factors."""
+        raise NotImplementedError
 
     @classmethod
     def unpack_groups(cls, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -214,8 +221,17 @@ def _k_scale_min(sc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, mins
 
 
+def _k_factors(blocks: torch.Tensor):
+    """Q4_K/Q5_K: d, 6-bit scales, dmin, 6-bit mins."""
+    d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+    sc, mn = _k_scale_min(blocks[:, 4:16])
+    return d, sc.to(torch.float32), dmin, mn.to(torch.float32)
+
+
 class Q4_K(BlockFormat):
     qtype, block_size, type_size, int4_groups, group_size = GGMLQuantizationType.Q4_K, QK_K, 144, True, 32
+    two_level = True
+    scale_factors = staticmethod(_k_factors)
 
     @classmethod
     def unpack_int4(cls, blocks):
@@ -238,6 +254,8 @@ class Q4_K(BlockFormat):
 
 class Q5_K(BlockFormat):
     qtype, block_size, type_size, group_size = GGMLQuantizationType.Q5_K, QK_K, 176, 32
+    two_level = True
+    scale_factors = staticmethod(_k_factors)
 
     @classmethod
     def unpack_groups(cls, blocks):
@@ -263,6 +281,11 @@ class Q5_K(BlockFormat):
 
 class Q6_K(BlockFormat):
     qtype, block_size, type_size, group_size = GGMLQuantizationType.Q6_K, QK_K, 210, 16
+    two_level = True
+
+    @staticmethod
+    def scale_factors(blocks):
+        return _f16(blocks[:, 208:210]), blocks[:, 192:208].contiguous().view(torch.int8).to(torch.float32), None, None
 
     @classmethod
     def unpack_groups(cls, blocks):
@@ -343,3 +366,12 @@ def unpack_groups(raw, qtype: GGMLQuantizationType, shape, device=None):
     q, scale, offset = fmt.unpack_groups(as_blocks(raw, qtype, device))
     offset = None if offset is None else offset.reshape(n_rows, k // g)
     return q.reshape(n_rows, k), scale.reshape(n_rows, k // g), offset, g
+
+
+def scale_factors(raw, qtype: GGMLQuantizationType, shape, device=None):
+    """For K-quants: (d [N, K/256], sc [N, K/g], dmin or None, m or None), see BlockFormat.scale_factors."""
+    fmt = block_format(qtype)
+    n_rows, k = shape
+    d, sc, dmin, m = fmt.scale_factors(as_blocks(raw, qtype, device))
+    rows = lambda t: None if t is None else t.reshape(n_rows, -1)  # noqa: E731
+    return rows(d), rows(sc), rows(dmin), rows(m)

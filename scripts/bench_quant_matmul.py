@@ -73,7 +73,11 @@ def main() -> None:
             q = torch.randint(-32, 32, (N, K), dtype=torch.int8, device=dev)
             offset = None
         scale = (torch.rand(N, K // group, device=dev) * 0.01).half().float()
-        qm = QuantMatrix(q, scale, None if offset is None else offset.half().float(), group)
+        if group == 16:  # Q6_K: int8 sub-scales times a half-float scale per 256 values
+            sub = torch.randint(-64, 64, (N, K // group), device=dev).float()
+            qm = QuantMatrix(q, sub, None, group, (torch.rand(N, K // 256, device=dev) * 1e-3, None))
+        else:
+            qm = QuantMatrix(q, scale, None if offset is None else offset.half().float(), group)
         dense = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
         for M in map(int, args.rows.split(",")):
             x = torch.randn(M, K, device=dev, dtype=torch.float32)
@@ -95,9 +99,9 @@ def main() -> None:
             t0, _ = timed(default)
             t, cfg = t0, qm.tiles(out.shape[1]) + default[2:]
             if args.sweep:  # tiles first, then warps and pipelining depth at the best tiles
-                t, cfg = min((timed(c) for c in itertools.product((2, 4, 8, 16), (256, 512, 1024), default[2:3],
+                t, cfg = min((timed(c) for c in itertools.product((4, 8, 16, 32), (128, 256, 512), (8 if bits == 4 else 4,),
                                                                     default[3:])), key=lambda r: r[0])
-                t, cfg = min([(t, cfg)] + [timed(cfg[:2] + c) for c in ((2, 2), (8, 2), (4, 1), (4, 3))],
+                t, cfg = min([(t, cfg)] + [timed(cfg[:2] + c) for c in ((4, 2), (16, 2), (cfg[2], 1), (cfg[2], 3))],
                              key=lambda r: r[0])
             gbs = qm.nbytes / t / 1e3
             print(f"{args.shape} {label:9s} N={N:6d} K={K:5d} M={M:3d}: default {t0:6.1f} us, best {t:6.1f} us "

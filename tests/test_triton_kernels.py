@@ -93,6 +93,8 @@ def test_quant_matmul_matches_ggml_weights(kernels, qtype):
     ref, w = _quantized(qtype, 96, 512, seed=TYPES.index(qtype))
     qm = QuantMatrix.from_refs([ref], DEVICE)
     assert qm.bits == (4 if qtype.startswith("Q4") else 8)
+    assert (qm.block_scale is not None) == qtype.endswith("_K")  # K-quants keep their two-level scales
+    assert (qm.zero, qm.offset is None) == ((8, True) if qtype == "Q4_0" else (0, qtype in ("Q5_0", "Q8_0", "Q6_K")))
     for m in (1, 5, 19):
         x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
         y = qm(x.to(DEVICE, torch.bfloat16), torch.full((m, 96), float("nan"), device=DEVICE))

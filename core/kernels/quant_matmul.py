@@ -36,38 +36,49 @@ TARGET_PROGRAMS = 264  # two per multiprocessor of an H100
 
 
 @triton.jit
-def _tile_fma(acc, w_ptr, s_ptr, o_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
-              BITS: tl.constexpr, PER: tl.constexpr, HAS_OFFSET: tl.constexpr):
+def _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
+              BITS: tl.constexpr, PER: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr,
+              SUBS: tl.constexpr):
     """acc [BLOCK_N, G, PER] += w * x for one tile of weight rows `rows`; weights q * scale + offset.
 
-    4-bit tiles: xa / xb are the inputs at even / odd columns ([G, PER]); 8-bit: xa is [G, PER].
+    4-bit tiles: xa / xb are the inputs of the first / second half of each group ([G, PER]); 8-bit:
+    xa is [G, PER].  ZERO is subtracted from the integers (Q4_0: 8) when there is no offset.
     Summing elementwise and reducing once after the loop keeps shuffles out of the loop."""
     w_idx = rows[:, None, None] * (n_groups * PER) + grp[None, :, None] * PER + j[None, None, :]
     wq = tl.load(w_ptr + w_idx, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
     s_idx = rows[:, None] * n_groups + grp[None, :]
     sg_ok = r_ok[:, None] & g_ok[None, :]
-    scale = tl.load(s_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
-    if BITS == 4:  # byte i of a row holds values 2i (low nibble) and 2i+1 (high nibble)
-        lo = (wq & 0xF).to(tl.float32) * scale
-        hi = (wq >> 4).to(tl.float32) * scale
+    scale = tl.load(s_ptr + s_idx, mask=sg_ok, other=0).to(tl.float32)
+    if HAS_OFFSET:
+        offset = tl.load(o_ptr + s_idx, mask=sg_ok, other=0).to(tl.float32)
+    if SUBS > 0:
+        b_idx = rows[:, None] * (n_groups // SUBS) + grp[None, :] // SUBS
+        scale = tl.load(bs_ptr + b_idx, mask=sg_ok, other=0.0).to(tl.float32) * scale
         if HAS_OFFSET:
-            offset = tl.load(o_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
+            offset = tl.load(bo_ptr + b_idx, mask=sg_ok, other=0.0).to(tl.float32) * offset
+    scale = scale[:, :, None]
+    if HAS_OFFSET:
+        offset = offset[:, :, None]
+    if BITS == 4:  # byte j of a group holds its values j (low nibble) and j + 16 (high nibble), as in ggml
+        lo = ((wq & 0xF).to(tl.float32) - ZERO) * scale
+        hi = ((wq >> 4).to(tl.float32) - ZERO) * scale
+        if HAS_OFFSET:
             lo += offset
             hi += offset
         acc += lo * xa[None] + hi * xb[None]
     else:
         w = wq.to(tl.float32) * scale
         if HAS_OFFSET:
-            w += tl.load(o_ptr + s_idx, mask=sg_ok, other=0.0).to(tl.float32)[:, :, None]
+            w += offset
         acc += w * xa[None]
     return acc
 
 
 @triton.jit
 def _quant_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, norm_ptr,
+    x_ptr, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, y_ptr, norm_ptr,
     N, K, stride_xm, stride_ym, eps,
-    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr, SUBS: tl.constexpr,
     NORM: tl.constexpr, GLU: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -95,13 +106,13 @@ def _quant_gemv_kernel(
         grp = g0 + g  # [G]
         g_ok = grp < g_end
         if BITS == 4:
-            col = grp[:, None] * GROUP + 2 * j[None, :]  # even columns, [G, PER]
+            col = grp[:, None] * GROUP + j[None, :]  # first half of each group, [G, PER]
             xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            xb = tl.load(x_row + col + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xb = tl.load(x_row + col + PER, mask=g_ok[:, None], other=0.0).to(tl.float32)
             if NORM:
                 squares += xa * xa + xb * xb
                 xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-                xb *= tl.load(norm_ptr + col + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+                xb *= tl.load(norm_ptr + col + PER, mask=g_ok[:, None], other=0.0).to(tl.float32)
         else:
             col = grp[:, None] * GROUP + j[None, :]
             xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
@@ -109,10 +120,10 @@ def _quant_gemv_kernel(
             if NORM:
                 squares += xa * xa
                 xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET)
+        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET, ZERO, SUBS)
         if GLU:
-            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
-                               BITS, PER, HAS_OFFSET)
+            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
+                               BITS, PER, HAS_OFFSET, ZERO, SUBS)
 
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
     if NORM:
@@ -152,22 +163,41 @@ class QuantMatrix:
     BLOCK_N: int | None = None
     BLOCK_K: int | None = None
     SPLIT_K: int | None = None
-    NUM_WARPS = 4
+    NUM_WARPS: int | None = None  # 8 for 4-bit tiles, 4 for 8-bit ones
     NUM_STAGES = 2
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, group: int):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, group: int,
+                 block_scales: tuple[torch.Tensor, torch.Tensor | None] | None = None):
+        """w = q * scale + offset per group of `group` values along a row.  With `block_scales`
+        (K-quants: ggml's d and dmin per 256 values) `scale` and `offset` are the small integer
+        factors of each group: scale = d * sc, offset = -(dmin * m); a fraction of the bytes."""
         self.out_features, self.in_features = q.shape
         self.group = group
         if q.dtype == torch.uint8 and int(q.max()) <= 15:
             self.bits = 4
-            self.weight = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+            halves = q.reshape(q.shape[0], -1, 2, group // 2)  # (first, second) half of each group
+            self.weight = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous()
         else:
             self.bits = 8
             self.weight = q.to(torch.int8).contiguous()
+        self.block_scale = self.block_offset = None
+        if block_scales is not None:
+            self._set_two_level(scale, offset, *block_scales)
+            return
         self.scale = _exact_half(scale).contiguous()
+        self.zero = 0
+        if offset is not None and self.bits == 4 and torch.equal(offset, -8.0 * scale):
+            offset, self.zero = None, 8  # Q4_0: w = (q - 8) * d, no offset to read
         self.offset = None if offset is None else _exact_half(offset).to(self.scale.dtype).contiguous()
         if self.offset is not None and self.scale.dtype != self.offset.dtype:
             self.scale = self.scale.to(self.offset.dtype)
+
+    def _set_two_level(self, sc, m, d, dmin) -> None:
+        self.zero = 0
+        small = lambda t: t.to(torch.int8 if t.min() < 0 else torch.uint8).contiguous()  # noqa: E731
+        self.scale, self.block_scale = small(sc), d.to(torch.float16).contiguous()
+        self.offset = None if m is None else small(m)
+        self.block_offset = None if dmin is None else (-dmin).to(torch.float16).contiguous()
 
     @classmethod
     def from_refs(cls, refs, device) -> "QuantMatrix | None":
@@ -178,6 +208,10 @@ class QuantMatrix:
         if any(not f.group_size for f in fmts) or k % 32:
             return None
         parts = [formats.unpack_groups(r.file.raw(r.name), r.info.qtype, r.info.shape, device) for r in refs]
+        if len(set(fmts)) == 1 and fmts[0].two_level:  # one K-quant: keep its two-level scales
+            factors = [formats.scale_factors(r.file.raw(r.name), r.info.qtype, r.info.shape, device) for r in refs]
+            cat = lambda i: None if factors[0][i] is None else torch.cat([f[i] for f in factors])  # noqa: E731
+            return cls(torch.cat([p[0] for p in parts]), cat(1), cat(3), parts[0][3], (cat(0), cat(2)))
         group = min(p[3] for p in parts)
         qs, scales, offsets = [], [], []
         any_offset = any(p[2] is not None for p in parts)
@@ -193,14 +227,14 @@ class QuantMatrix:
 
     @property
     def nbytes(self) -> int:
-        n = self.weight.numel() + self.scale.numel() * self.scale.element_size()
-        return n + (0 if self.offset is None else self.offset.numel() * self.offset.element_size())
+        parts = (self.weight, self.scale, self.offset, self.block_scale, self.block_offset)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def tiles(self, n: int) -> tuple[int, int]:
         """(BLOCK_N, BLOCK_K) for n output rows (best shapes of scripts/bench_quant_matmul.py --sweep
         on an H100)."""
-        block_k = self.BLOCK_K or min(512 if self.bits == 4 else 1024, triton.next_power_of_2(self.in_features))
-        block_n = self.BLOCK_N or (4 if n <= 1024 or self.bits == 8 else 8 if n <= 4096 else 16)
+        block_k = self.BLOCK_K or min(256 if self.bits == 4 else 512, triton.next_power_of_2(self.in_features))
+        block_n = self.BLOCK_N or (16 if self.bits == 4 else 8 if self.in_features < 1024 else 4)
         if _INTERPRETED:  # the CPU interpreter runs programs one by one: fewer, larger ones
             block_n = 64
         return block_n, max(block_k, self.group)
@@ -228,11 +262,15 @@ class QuantMatrix:
         n_programs = triton.cdiv(N, block_n) * M
         split = self.split_k(n_programs, block_k) if accumulate and not glu else 1
         _quant_gemv_kernel[(triton.cdiv(N, block_n), M, split)](
-            x, self.weight, self.scale, self.scale if self.offset is None else self.offset, out,
+            x, self.weight, self.scale, self.scale if self.offset is None else self.offset,
+            self.scale if self.block_scale is None else self.block_scale,
+            self.scale if self.block_offset is None else self.block_offset, out,
             x if norm is None else norm,
             N, K, x.stride(0), out.stride(0), eps,
-            BITS=self.bits, GROUP=self.group, HAS_OFFSET=self.offset is not None,
+            BITS=self.bits, GROUP=self.group, HAS_OFFSET=self.offset is not None, ZERO=self.zero,
+            SUBS=0 if self.block_scale is None else 256 // self.group,
             NORM=norm is not None, GLU=glu, ACCUMULATE=accumulate, SPLIT_K=split,
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=self.NUM_WARPS or (8 if self.bits == 4 else 4),
+            num_stages=self.NUM_STAGES,
         )
         return out
