@@ -60,7 +60,8 @@ def prefill_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         if cache is not None:
             cache[key] = hit
     q5 = q.reshape(B, hkv, g, T, D)
-    out = torch.empty(B, hkv, g, T, D, dtype=q.dtype, device=q.device)
+    out = torch.empty(B, T, H * D, dtype=q.dtype, device=q.device)
+    heads = out.view(B, T, hkv, g, D)  # chunks land straight in the [B, T, H*D] layout
     for t0, t1, s, bias in hit[1]:
         t = t1 - t0
         qc = q5[:, :, :, t0:t1].reshape(B * hkv, g * t, D)
@@ -69,6 +70,6 @@ def prefill_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         # pass 1: each row's largest visible q.k (its bf16 rounding does not matter: it is only a shift)
         shift = torch.baddbmm(bias, qc, kt).amax(-1, keepdim=True)
         # pass 2: scale * (q.k - shift) + mask, accumulated in float32 and rounded once
-        scores = torch.baddbmm(bias - shift * scale, qc, kt, alpha=scale)
-        out[:, :, :, t0:t1] = torch.bmm(torch.softmax(scores, dim=-1), vc).view(B, hkv, g, t, D)
-    return out.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        scores = (bias - shift.mul_(scale)).baddbmm_(qc, kt, alpha=scale)  # in place: no copy of the input
+        heads[:, t0:t1] = torch.bmm(torch.softmax(scores, dim=-1), vc).view(B, hkv, g, t, D).permute(0, 3, 1, 2, 4)
+    return out
