@@ -97,12 +97,12 @@ def main() -> None:
                     QuantMatrix.BLOCK_N, QuantMatrix.BLOCK_K, QuantMatrix.NUM_WARPS, QuantMatrix.NUM_STAGES = default
 
             t0, _ = timed(default)
-            t, cfg = t0, qm.tiles(out.shape[1]) + default[2:]
+            t, cfg = t0, qm.tiles(out.shape[1], "norm" in fused or "glu" in fused)
             if args.sweep:  # tiles first, then warps and pipelining depth at the best tiles
-                t, cfg = min((timed(c) for c in itertools.product((4, 8, 16, 32), (128, 256, 512), (8 if bits == 4 else 4,),
-                                                                    default[3:])), key=lambda r: r[0])
-                t, cfg = min([(t, cfg)] + [timed(cfg[:2] + c) for c in ((4, 2), (16, 2), (cfg[2], 1), (cfg[2], 3))],
-                             key=lambda r: r[0])
+                grid = itertools.product((4, 8, 16, 32), (128, 256, 512), (cfg[2],), (cfg[3],))
+                t, cfg = min((timed(c) for c in grid), key=lambda r: r[0])
+                launch = ((4, cfg[3]), (8, cfg[3]), (cfg[2], 1), (cfg[2], 2), (cfg[2], 3))
+                t, cfg = min([(t, cfg)] + [timed(cfg[:2] + c) for c in launch], key=lambda r: r[0])
             gbs = qm.nbytes / t / 1e3
             print(f"{args.shape} {label:9s} N={N:6d} K={K:5d} M={M:3d}: default {t0:6.1f} us, best {t:6.1f} us "
                   f"({gbs:5.0f} GB/s) {cfg}; dense bf16 {t_dense:6.1f} us", flush=True)

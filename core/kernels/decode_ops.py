@@ -1,12 +1,12 @@
-"""The attention half of a decode layer in two Triton kernels (one token per sequence).
+"""The attention half of a decode layer in one Triton kernel (one token per sequence).
 
-- `rope_store`: rotates the query and key heads of the fused QKV output (ggml's normal mode: adjacent
-  pairs; or NeoX: halves), writes the queries to a buffer and the keys and values straight into the
-  KV cache at each sequence's position.
-- `decode_attention`: each program takes one sequence and one KV head with the query heads that share
-  it (grouped-query attention) and runs an online softmax over the cells 0..position of its cache row.
-  The loop stops at the sequence's own length, read on the device, so a captured CUDA graph serves
-  every position without masks or length buckets.
+`rope_attention`: each program takes one sequence and one KV head with the query heads that share it
+(grouped-query attention).  It rotates those queries and the key of the fused QKV output (ggml's
+normal mode: adjacent pairs; or NeoX: halves), stores the key and value in the KV cache at the
+sequence's position, runs an online softmax over the cached cells 0..position-1 and then the new
+token's own key and value (still in registers, so no ordering between the store and the loads is
+needed), and zeroes the slices of the QKV buffer it read.  The loop stops at the sequence's own
+length, read on the device, so a captured CUDA graph serves every position without masks or buckets.
 """
 
 from __future__ import annotations
@@ -22,104 +22,109 @@ _DOT_F32 = interpreting()
 
 
 @triton.jit
-def _rope_store_kernel(
-    qkv_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, row_ptr, cos_ptr, sin_ptr,
+def _rope_attention_kernel(
+    qkv_ptr, k_ptr, v_ptr, out_ptr, pos_ptr, row_ptr, cos_ptr, sin_ptr, scale,
     stride_qkv, stride_row, stride_head, stride_cell,
-    H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, NEOX: tl.constexpr,
+    H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HD: tl.constexpr,
+    NEOX: tl.constexpr, BLOCK_S: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     b = tl.program_id(0)
-    h = tl.program_id(1)  # 0..H-1 queries, then HKV keys, then HKV values
+    kvh = tl.program_id(1)
     HALF: tl.constexpr = HD // 2
     pos = tl.load(pos_ptr + b)
     row = tl.load(row_ptr + b)
     i = tl.arange(0, HALF)
-    if NEOX:
+    if NEOX:  # a head's dims as two halves that rotate together: (i0[t], i1[t])
         i0, i1 = i, i + HALF
     else:
         i0, i1 = 2 * i, 2 * i + 1
-    src = qkv_ptr + b * stride_qkv + h * HD
-    x0 = tl.load(src + i0).to(tl.float32)
-    x1 = tl.load(src + i1).to(tl.float32)
-    if h < H + HKV:
-        c = tl.load(cos_ptr + pos * HALF + i)
-        s = tl.load(sin_ptr + pos * HALF + i)
-        x0, x1 = x0 * c - x1 * s, x0 * s + x1 * c
-    if h < H:
-        dst = q_ptr + (b * H + h) * HD
-    elif h < H + HKV:
-        dst = k_ptr + row * stride_row + (h - H) * stride_head + pos * stride_cell
-    else:
-        dst = v_ptr + row * stride_row + (h - H - HKV) * stride_head + pos * stride_cell
-    tl.store(dst + i0, x0.to(dst.dtype.element_ty))
-    tl.store(dst + i1, x1.to(dst.dtype.element_ty))
-
-
-def rope_store(qkv: torch.Tensor, q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               positions: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               n_head: int, n_head_kv: int, head_dim: int, neox: bool) -> None:
-    """qkv [B, (H + 2 HKV) * hd]; q_out [B, H * hd]; caches [rows, HKV, cells, hd]; cos/sin [cells, hd/2]."""
-    B = qkv.shape[0]
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and cos.shape[-1] * 2 == head_dim
-    _rope_store_kernel[(B, n_head + 2 * n_head_kv)](
-        qkv, q_out, k_cache, v_cache, positions, rows, cos, sin,
-        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        H=n_head, HKV=n_head_kv, HD=head_dim, NEOX=neox,
-    )
-
-
-@triton.jit
-def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, pos_ptr, row_ptr, scale,
-    stride_row, stride_head, stride_cell,
-    H: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HD: tl.constexpr,
-    BLOCK_S: tl.constexpr, DOT_F32: tl.constexpr,
-):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    n_keys = tl.load(pos_ptr + b) + 1
-    row = tl.load(row_ptr + b)
+    c = tl.load(cos_ptr + pos * HALF + i)
+    s = tl.load(sin_ptr + pos * HALF + i)
+    src = qkv_ptr + b * stride_qkv
     g = tl.arange(0, GROUP_PAD)
-    d = tl.arange(0, HD)
-    heads = b * H + kvh * GROUP + g
-    q = tl.load(q_ptr + heads[:, None] * HD + d[None, :], mask=(g < GROUP)[:, None], other=0.0)
+    g_ok = (g < GROUP)[:, None]
+    q_off = (kvh * GROUP + g)[:, None] * HD
+    q0 = tl.load(src + q_off + i0[None, :], mask=g_ok, other=0.0).to(tl.float32)
+    q1 = tl.load(src + q_off + i1[None, :], mask=g_ok, other=0.0).to(tl.float32)
+    q0, q1 = (q0 * c - q1 * s).to(k_ptr.dtype.element_ty), (q0 * s + q1 * c).to(k_ptr.dtype.element_ty)
+    k_src = src + (H + kvh) * HD
+    v_src = src + (H + HKV + kvh) * HD
+    k0 = tl.load(k_src + i0).to(tl.float32)
+    k1 = tl.load(k_src + i1).to(tl.float32)
+    k0, k1 = (k0 * c - k1 * s).to(k_ptr.dtype.element_ty), (k0 * s + k1 * c).to(k_ptr.dtype.element_ty)
+    v0 = tl.load(v_src + i0).to(k_ptr.dtype.element_ty)
+    v1 = tl.load(v_src + i1).to(k_ptr.dtype.element_ty)
     k_base = k_ptr + row * stride_row + kvh * stride_head
     v_base = v_ptr + row * stride_row + kvh * stride_head
+    tl.store(k_base + pos * stride_cell + i0, k0)
+    tl.store(k_base + pos * stride_cell + i1, k1)
+    tl.store(v_base + pos * stride_cell + i0, v0)
+    tl.store(v_base + pos * stride_cell + i1, v1)
+
+    # the cached cells 0..pos-1, then this token's own key and value (from registers)
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)
-    acc = tl.zeros((GROUP_PAD, HD), dtype=tl.float32)
-    for s0 in range(0, n_keys, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        ok = s < n_keys
-        k = tl.load(k_base + s[:, None] * stride_cell + d[None, :], mask=ok[:, None], other=0.0)
+    acc0 = tl.zeros((GROUP_PAD, HALF), dtype=tl.float32)
+    acc1 = tl.zeros((GROUP_PAD, HALF), dtype=tl.float32)
+    for s0 in range(0, pos, BLOCK_S):
+        cells = s0 + tl.arange(0, BLOCK_S)
+        ok = cells < pos
+        at = cells[:, None] * stride_cell
+        kc0 = tl.load(k_base + at + i0[None, :], mask=ok[:, None], other=0.0)
+        kc1 = tl.load(k_base + at + i1[None, :], mask=ok[:, None], other=0.0)
         if DOT_F32:
-            scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+            scores = tl.dot(q0.to(tl.float32), tl.trans(kc0.to(tl.float32)), input_precision="ieee")
+            scores += tl.dot(q1.to(tl.float32), tl.trans(kc1.to(tl.float32)), input_precision="ieee")
         else:
-            scores = tl.dot(q, tl.trans(k))
+            scores = tl.dot(q0, tl.trans(kc0)) + tl.dot(q1, tl.trans(kc1))
         scores = tl.where(ok[None, :], scores * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         p = tl.exp(scores - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + s[:, None] * stride_cell + d[None, :], mask=ok[:, None], other=0.0)
-        pv = p.to(v.dtype)
+        vc0 = tl.load(v_base + at + i0[None, :], mask=ok[:, None], other=0.0)
+        vc1 = tl.load(v_base + at + i1[None, :], mask=ok[:, None], other=0.0)
+        pv = p.to(vc0.dtype)
         if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(pv.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+            acc0 = acc0 * alpha[:, None] + tl.dot(pv.to(tl.float32), vc0.to(tl.float32), input_precision="ieee")
+            acc1 = acc1 * alpha[:, None] + tl.dot(pv.to(tl.float32), vc1.to(tl.float32), input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.dot(pv, v)
+            acc0 = acc0 * alpha[:, None] + tl.dot(pv, vc0)
+            acc1 = acc1 * alpha[:, None] + tl.dot(pv, vc1)
         m_i = m_new
-    out = acc / l_i[:, None]
-    tl.store(out_ptr + heads[:, None] * HD + d[None, :], out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+    own = tl.sum(q0.to(tl.float32) * k0.to(tl.float32)[None, :] + q1.to(tl.float32) * k1.to(tl.float32)[None, :],
+                 axis=1) * scale
+    m_new = tl.maximum(m_i, own)
+    alpha = tl.exp(m_i - m_new)
+    p_own = tl.exp(own - m_new)
+    l_i = l_i * alpha + p_own
+    acc0 = acc0 * alpha[:, None] + p_own[:, None] * v0.to(tl.float32)[None, :]
+    acc1 = acc1 * alpha[:, None] + p_own[:, None] * v1.to(tl.float32)[None, :]
+    dst = out_ptr + (b * H + kvh * GROUP + g)[:, None] * HD
+    tl.store(dst + i0[None, :], (acc0 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok)
+    tl.store(dst + i1[None, :], (acc1 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok)
+    # leave this program's slices of the QKV buffer zeroed: the next layer's QKV product adds into it
+    zero = tl.zeros((GROUP_PAD, HALF), dtype=qkv_ptr.dtype.element_ty)
+    tl.store(src + q_off + i0[None, :], zero, mask=g_ok)
+    tl.store(src + q_off + i1[None, :], zero, mask=g_ok)
+    tl.store(k_src + i0, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
+    tl.store(k_src + i1, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
+    tl.store(v_src + i0, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
+    tl.store(v_src + i1, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
-                     positions: torch.Tensor, rows: torch.Tensor, n_head: int, scale: float) -> None:
-    """q, out: [B, H * hd] (one query token per sequence, at positions[b], cache row rows[b])."""
-    B = q.shape[0]
+def rope_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                   positions: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   n_head: int, scale: float, neox: bool) -> None:
+    """qkv [B, (H + 2 HKV) * hd] (zeroed after); caches [rows, HKV, cells, hd]; cos/sin [cells, hd/2];
+    out [B, H * hd]: the attention of each sequence's new token at positions[b], cache row rows[b]."""
+    B = qkv.shape[0]
     n_head_kv, head_dim = k_cache.shape[1], k_cache.shape[3]
     group = n_head // n_head_kv
-    _decode_attention_kernel[(B, n_head_kv)](
-        q, k_cache, v_cache, out, positions, rows, scale,
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        H=n_head, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HD=head_dim,
-        BLOCK_S=64, DOT_F32=_DOT_F32,
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and cos.shape[-1] * 2 == head_dim
+    _rope_attention_kernel[(B, n_head_kv)](
+        qkv, k_cache, v_cache, out, positions, rows, cos, sin, scale,
+        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        H=n_head, HKV=n_head_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HD=head_dim,
+        NEOX=neox, BLOCK_S=64, DOT_F32=_DOT_F32,
     )

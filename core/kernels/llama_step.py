@@ -1,10 +1,9 @@
-"""A llama-family decode step (one token for each of B sequences) in six Triton kernels per layer.
+"""A llama-family decode step (one token for each of B sequences) in five Triton kernels per layer.
 
-    [RMSNorm + QKV] -> [RoPE + KV store] -> [attention] -> [O, added to the residual]
-    -> [RMSNorm + gate|up + silu(gate) * up] -> [down, added to the residual]
+    [RMSNorm + QKV, added into a zeroed buffer] -> [RoPE + KV store + attention, zeroing that buffer]
+    -> [O, added to the residual] -> [RMSNorm + gate|up + silu(gate) * up] -> [down, added to the residual]
 
-(plus a memset of the QKV accumulator: products that add into their output may split K over
-programs, see quant_matmul.py).
+(Products that add into their output may split K over programs, see quant_matmul.py.)
 
 Every buffer is preallocated and every length is read on the device, so one CUDA graph per batch
 size replays the whole step.  The residual stream is float32 (as in ggml).  The matrix kernel is a
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..weights import QUANT_MAX_ROWS
-from .decode_ops import decode_attention, rope_store
+from .decode_ops import rope_attention
 
 
 def supports(model) -> bool:
@@ -46,7 +45,6 @@ class LlamaDecodeStep:
         self.x = torch.zeros(B, p.n_embd, dtype=torch.float32, device=device)
         self.gemv = B <= QUANT_MAX_ROWS
         self.qkv = torch.zeros(B, qd + 2 * p.n_head_kv * p.head_dim, dtype=torch.float32, device=device)
-        self.q = torch.zeros(B, qd, **bf16)
         self.attn = torch.zeros(B, qd, **bf16)
         # silu(gate) * up: written by the gate/up kernel itself (GLU) or computed from both halves
         self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
@@ -79,12 +77,9 @@ class LlamaDecodeStep:
         m, p, c, x = self.model, self.p, self.cache, self.x
         x.copy_(m.tok_embd[self.tokens])
         for il, L in enumerate(m.layers):
-            if self.gemv:
-                self.qkv.zero_()
             self._matmul(L.qkv, x, self.qkv, norm=L.attn_norm, accumulate=self.gemv)
-            rope_store(self.qkv, self.q, c.k[il], c.v[il], self.positions, self.rows, m.rope_cos, m.rope_sin,
-                       p.n_head, p.n_head_kv, p.head_dim, neox=False)
-            decode_attention(self.q, c.k[il], c.v[il], self.attn, self.positions, self.rows, p.n_head, self.scale)
+            rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope_cos, m.rope_sin,
+                           p.n_head, self.scale, neox=False)
             self._matmul(L.wo, self.attn, x, accumulate=True)
             self._matmul(L.gate_up, x, self.ffn_in, norm=L.ffn_norm, glu=True)
             self._matmul(L.down, self._ffn_input(), x, accumulate=True)

@@ -163,8 +163,8 @@ class QuantMatrix:
     BLOCK_N: int | None = None
     BLOCK_K: int | None = None
     SPLIT_K: int | None = None
-    NUM_WARPS: int | None = None  # 8 for 4-bit tiles, 4 for 8-bit ones
-    NUM_STAGES = 2
+    NUM_WARPS: int | None = None
+    NUM_STAGES: int | None = None
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, group: int,
                  block_scales: tuple[torch.Tensor, torch.Tensor | None] | None = None):
@@ -230,14 +230,21 @@ class QuantMatrix:
         parts = (self.weight, self.scale, self.offset, self.block_scale, self.block_offset)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
-    def tiles(self, n: int) -> tuple[int, int]:
-        """(BLOCK_N, BLOCK_K) for n output rows (best shapes of scripts/bench_quant_matmul.py --sweep
-        on an H100)."""
-        block_k = self.BLOCK_K or min(256 if self.bits == 4 else 512, triton.next_power_of_2(self.in_features))
-        block_n = self.BLOCK_N or (16 if self.bits == 4 else 8 if self.in_features < 1024 else 4)
+    def tiles(self, n: int, fused: bool) -> tuple[int, int, int, int]:
+        """(BLOCK_N, BLOCK_K, warps, stages) for n output rows; `fused`: a norm or GLU in the kernel.
+        From scripts/bench_quant_matmul.py --sweep on an H100 (M = 1)."""
+        k = self.in_features
+        if self.bits == 4:
+            block_k = 512 if k >= 2048 else 256
+            block_n, stages = (8, 1) if fused else (16, 2)
+            warps = 8
+        else:
+            block_k, block_n, warps, stages = 128, 16, 4, 2
+        block_k = min(block_k, triton.next_power_of_2(k))
         if _INTERPRETED:  # the CPU interpreter runs programs one by one: fewer, larger ones
             block_n = 64
-        return block_n, max(block_k, self.group)
+        return (self.BLOCK_N or block_n, max(self.BLOCK_K or block_k, self.group), self.NUM_WARPS or warps,
+                self.NUM_STAGES or stages)
 
     def split_k(self, n_programs: int, block_k: int) -> int:
         """Slices of K so that about TARGET_PROGRAMS programs run, each with at least one tile."""
@@ -258,7 +265,7 @@ class QuantMatrix:
         if out is None:
             out = torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
         assert not accumulate or out.dtype == torch.float32
-        block_n, block_k = self.tiles(N)
+        block_n, block_k, warps, stages = self.tiles(N, norm is not None or glu)
         n_programs = triton.cdiv(N, block_n) * M
         split = self.split_k(n_programs, block_k) if accumulate and not glu else 1
         _quant_gemv_kernel[(triton.cdiv(N, block_n), M, split)](
@@ -270,7 +277,6 @@ class QuantMatrix:
             BITS=self.bits, GROUP=self.group, HAS_OFFSET=self.offset is not None, ZERO=self.zero,
             SUBS=0 if self.block_scale is None else 256 // self.group,
             NORM=norm is not None, GLU=glu, ACCUMULATE=accumulate, SPLIT_K=split,
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=self.NUM_WARPS or (8 if self.bits == 4 else 4),
-            num_stages=self.NUM_STAGES,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
         )
         return out
