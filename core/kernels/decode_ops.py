@@ -34,6 +34,7 @@ def _rope_attention_kernel(
     pos = tl.load(pos_ptr + b)
     row = tl.load(row_ptr + b)
     i = tl.arange(0, HALF)
+    d = tl.arange(0, HD)
     if NEOX:  # a head's dims as two halves that rotate together: (i0[t], i1[t])
         i0, i1 = i, i + HALF
     else:
@@ -52,45 +53,42 @@ def _rope_attention_kernel(
     k0 = tl.load(k_src + i0).to(tl.float32)
     k1 = tl.load(k_src + i1).to(tl.float32)
     k0, k1 = (k0 * c - k1 * s).to(k_ptr.dtype.element_ty), (k0 * s + k1 * c).to(k_ptr.dtype.element_ty)
-    v0 = tl.load(v_src + i0).to(k_ptr.dtype.element_ty)
-    v1 = tl.load(v_src + i1).to(k_ptr.dtype.element_ty)
     k_base = k_ptr + row * stride_row + kvh * stride_head
     v_base = v_ptr + row * stride_row + kvh * stride_head
     tl.store(k_base + pos * stride_cell + i0, k0)
     tl.store(k_base + pos * stride_cell + i1, k1)
-    tl.store(v_base + pos * stride_cell + i0, v0)
-    tl.store(v_base + pos * stride_cell + i1, v1)
+    v_own = tl.load(v_src + d).to(v_ptr.dtype.element_ty)
+    tl.store(v_base + pos * stride_cell + d, v_own)
+
+    # the rotated queries back in the cache's dimension order, for whole-row products with the cache
+    if NEOX:
+        q = tl.reshape(tl.permute(tl.join(q0, q1), (0, 2, 1)), (GROUP_PAD, HD))
+    else:
+        q = tl.reshape(tl.join(q0, q1), (GROUP_PAD, HD))
 
     # the cached cells 0..pos-1, then this token's own key and value (from registers)
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)
-    acc0 = tl.zeros((GROUP_PAD, HALF), dtype=tl.float32)
-    acc1 = tl.zeros((GROUP_PAD, HALF), dtype=tl.float32)
+    acc = tl.zeros((GROUP_PAD, HD), dtype=tl.float32)
     for s0 in range(0, pos, BLOCK_S):
         cells = s0 + tl.arange(0, BLOCK_S)
         ok = cells < pos
-        at = cells[:, None] * stride_cell
-        kc0 = tl.load(k_base + at + i0[None, :], mask=ok[:, None], other=0.0)
-        kc1 = tl.load(k_base + at + i1[None, :], mask=ok[:, None], other=0.0)
+        at = cells[:, None] * stride_cell + d[None, :]
+        kc = tl.load(k_base + at, mask=ok[:, None], other=0.0)
         if DOT_F32:
-            scores = tl.dot(q0.to(tl.float32), tl.trans(kc0.to(tl.float32)), input_precision="ieee")
-            scores += tl.dot(q1.to(tl.float32), tl.trans(kc1.to(tl.float32)), input_precision="ieee")
+            scores = tl.dot(q.to(tl.float32), tl.trans(kc.to(tl.float32)), input_precision="ieee")
         else:
-            scores = tl.dot(q0, tl.trans(kc0)) + tl.dot(q1, tl.trans(kc1))
+            scores = tl.dot(q, tl.trans(kc))
         scores = tl.where(ok[None, :], scores * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         p = tl.exp(scores - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vc0 = tl.load(v_base + at + i0[None, :], mask=ok[:, None], other=0.0)
-        vc1 = tl.load(v_base + at + i1[None, :], mask=ok[:, None], other=0.0)
-        pv = p.to(vc0.dtype)
+        vc = tl.load(v_base + at, mask=ok[:, None], other=0.0)
         if DOT_F32:
-            acc0 = acc0 * alpha[:, None] + tl.dot(pv.to(tl.float32), vc0.to(tl.float32), input_precision="ieee")
-            acc1 = acc1 * alpha[:, None] + tl.dot(pv.to(tl.float32), vc1.to(tl.float32), input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(p, vc.to(tl.float32), input_precision="ieee")
         else:
-            acc0 = acc0 * alpha[:, None] + tl.dot(pv, vc0)
-            acc1 = acc1 * alpha[:, None] + tl.dot(pv, vc1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vc.dtype), vc)
         m_i = m_new
     own = tl.sum(q0.to(tl.float32) * k0.to(tl.float32)[None, :] + q1.to(tl.float32) * k1.to(tl.float32)[None, :],
                  axis=1) * scale
@@ -98,19 +96,18 @@ def _rope_attention_kernel(
     alpha = tl.exp(m_i - m_new)
     p_own = tl.exp(own - m_new)
     l_i = l_i * alpha + p_own
-    acc0 = acc0 * alpha[:, None] + p_own[:, None] * v0.to(tl.float32)[None, :]
-    acc1 = acc1 * alpha[:, None] + p_own[:, None] * v1.to(tl.float32)[None, :]
-    dst = out_ptr + (b * H + kvh * GROUP + g)[:, None] * HD
-    tl.store(dst + i0[None, :], (acc0 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok)
-    tl.store(dst + i1[None, :], (acc1 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok)
+    acc = acc * alpha[:, None] + p_own[:, None] * v_own.to(tl.float32)[None, :]
+    dst = out_ptr + (b * H + kvh * GROUP + g)[:, None] * HD + d[None, :]
+    tl.store(dst, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok)
     # leave this program's slices of the QKV buffer zeroed: the next layer's QKV product adds into it
+    # (after a barrier: every thread of the program has read its values by then)
+    tl.debug_barrier()
     zero = tl.zeros((GROUP_PAD, HALF), dtype=qkv_ptr.dtype.element_ty)
     tl.store(src + q_off + i0[None, :], zero, mask=g_ok)
     tl.store(src + q_off + i1[None, :], zero, mask=g_ok)
     tl.store(k_src + i0, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
     tl.store(k_src + i1, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
-    tl.store(v_src + i0, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
-    tl.store(v_src + i1, tl.zeros((HALF,), dtype=qkv_ptr.dtype.element_ty))
+    tl.store(v_src + d, tl.zeros((HD,), dtype=qkv_ptr.dtype.element_ty))
 
 
 def rope_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
