@@ -24,6 +24,7 @@ from .models import model_class
 from .models.common import Step
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+MAX_FORWARD_GRAPHS = 16  # batch layouts remembered for CUDA-graph replay (each holds its activations)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Engine:
         self._graphs: dict[tuple[int, int], object] = {}
         self.use_cuda_graphs = self.device.type == "cuda"
         self._fused_step: bool | None = None  # Triton decode step for this model (decided on first use)
+        self._forward_graphs: dict[tuple, object] = {}  # batch layouts seen: None once, then a graph
         self.load_seconds = time.perf_counter() - t0
 
     @property
@@ -183,6 +185,8 @@ class Engine:
         if self.use_cuda_graphs and not embeddings and self._is_plain_decode(batch):
             return self._graph_decode(batch)  # a static buffer: valid until the next decode
         step, out_index = self._layout(batch)
+        if self.use_cuda_graphs and any(batch.logits):
+            return self._graphed_forward(step, out_index, embeddings)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
             self.model.forward(step, self.cache, out_index, hidden=embeddings)
@@ -210,6 +214,22 @@ class Engine:
         for s, p in zip(batch.seq, batch.pos):
             self.cache.seq_len[s] = max(self.cache.seq_len[s], p + 1)
         return g.run(batch.tokens, batch.pos)
+
+    def _graphed_forward(self, step: Step, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
+        """A layout's second occurrence is captured as a CUDA graph, later ones replay it (one-off
+        prompts never pay for a capture).  The result is a static buffer, like the decode graphs'."""
+        from .cuda_graphs import GraphedForward
+
+        key = (tuple(step.tokens.shape), step.n_visible, step.rows_contiguous, step.write_start,
+               None if out_index is None else out_index.numel(), hidden)
+        g = self._forward_graphs.get(key, False)
+        if g is False:  # first sight (remembered while there is room)
+            if len(self._forward_graphs) < MAX_FORWARD_GRAPHS:
+                self._forward_graphs[key] = None
+            return self.model.forward(step, self.cache, out_index, hidden=hidden)
+        if g is None:
+            g = self._forward_graphs[key] = GraphedForward(self.model, self.cache, step, out_index, hidden)
+        return g.run(step, out_index)
 
     def weight_bytes_per_token(self) -> int:
         return self.model.weight_bytes_per_token()

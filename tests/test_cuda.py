@@ -67,3 +67,20 @@ def test_cuda_batched_graph_decode(tiny_q4):
         cpu.cache.clear()
         ref = cpu.decode(Batch.sequence(t + [5]))[0]
         assert (out[s] - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_cuda_repeated_layout_replays_a_graph(tiny_q4):
+    """A batch layout seen twice is captured as a CUDA graph; replays equal the eager forward."""
+    from llamatorch.core.cuda_graphs import GraphedForward
+
+    gpu = Engine(tiny_q4, n_ctx=128, dtype="bf16", device="cuda")
+    eager = Engine(tiny_q4, n_ctx=128, dtype="bf16", device="cuda")
+    eager.use_cuda_graphs = False
+    for seed in (3, 4, 5):
+        toks = _toks(40, seed=seed)
+        gpu.cache.clear()
+        eager.cache.clear()
+        out = gpu.decode(Batch.sequence(toks, all_logits=True)).cpu()
+        ref = eager.decode(Batch.sequence(toks, all_logits=True)).cpu()
+        assert (out - ref).abs().max().item() < 1e-3 * ref.abs().max().item(), seed
+    assert any(isinstance(g, GraphedForward) and g.graph is not None for g in gpu._forward_graphs.values())
