@@ -11,7 +11,7 @@ export PYTHONPATH=/tmp/site:/tmp/lt PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 lt() { python3 -m llamatorch.cli.app "$@"; }
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_kernels.py tests/test_llama_model.py tests/test_formats.py 2>&1 | tail -15
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_decoders_cuda.py tests/test_triton_kernels.py tests/test_llama_model.py tests/test_formats.py 2>&1 | tail -15
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
