@@ -121,7 +121,9 @@ def token_nll(logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
     which moves the result by ~1e-6 relative."""
     tgt = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(logits.device)
     rows = max(1, (1 << 20) // logits.shape[1])
-    picked = [torch.log_softmax(b, dim=-1).gather(1, t[:, None])[:, 0]
+    # one slice buffer for all: a fresh 4 MB block per slice is a fresh mapping to page-fault in
+    buf = torch.empty((min(rows, logits.shape[0]), logits.shape[1]), dtype=logits.dtype, device=logits.device)
+    picked = [torch.log_softmax(b, dim=-1, out=buf[: len(b)]).gather(1, t[:, None])[:, 0]
               for b, t in zip(logits.split(rows), tgt.split(rows))]
     return -torch.cat(picked).double().cpu()
 
