@@ -92,10 +92,9 @@ def test_quant_matmul_matches_ggml_weights(kernels, qtype):
     QuantMatrix = kernels["quant_matmul"].QuantMatrix
     ref, w = _quantized(qtype, 96, 512, seed=TYPES.index(qtype))
     qm = QuantMatrix.from_refs([ref], DEVICE)
-    assert qm.bits == (4 if qtype.startswith("Q4") else 6 if qtype == "Q6_K" else 8)
+    assert qm.bits == (4 if qtype.startswith("Q4") else 8)
     assert (qm.block_scale is not None) == qtype.endswith("_K")  # K-quants keep their two-level scales
-    zero = {"Q4_0": 8, "Q6_K": 32}.get(qtype, 0)
-    assert (qm.zero, qm.offset is None) == (zero, qtype in ("Q4_0", "Q5_0", "Q8_0", "Q6_K"))
+    assert (qm.zero, qm.offset is None) == ((8, True) if qtype == "Q4_0" else (0, qtype in ("Q5_0", "Q8_0", "Q6_K")))
     for m in (1, 5, 19):
         x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
         y = qm(x.to(DEVICE, torch.bfloat16), torch.full((m, 96), float("nan"), device=DEVICE))
@@ -103,11 +102,11 @@ def test_quant_matmul_matches_ggml_weights(kernels, qtype):
 
 
 def test_quant_matmul_fused_parts_of_mixed_formats(kernels):
-    """A fused matrix of Q4_K and Q6_K parts (as in Q4_K_M's QKV): 6-bit values, 16-wide groups."""
+    """A fused matrix of Q4_K and Q6_K parts (as in Q4_K_M's QKV) goes 8-bit with 16-wide groups."""
     QuantMatrix = kernels["quant_matmul"].QuantMatrix
     (a, wa), (b, wb) = _quantized("Q4_K", 64, 256, seed=1), _quantized("Q6_K", 32, 256, seed=2)
     qm = QuantMatrix.from_refs([a, b], DEVICE)
-    assert (qm.bits, qm.group, qm.out_features) == (6, 16, 96)
+    assert (qm.bits, qm.group, qm.out_features) == (8, 16, 96)
     x = torch.randn(3, 256)
     y = qm(x.to(DEVICE), torch.empty(3, 96, device=DEVICE))
     _close(y, x @ torch.cat([wa, wb]).T)

@@ -1,8 +1,7 @@
 """y = x @ W.T with W kept in ggml's integer groups (w = q * scale + offset per group), in one Triton kernel.
 
 Decoding reads every weight once per step, so bytes are time: Q4 matrices stay at 4 bits (two values
-per byte), Q6_K at 6 (a nibble plus two high bits), the other formats (Q5_0, Q5_1, Q8_0, Q5_K) at 8
-bits, instead of a 2-byte bf16 copy.
+per byte), the other formats (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K) at 8 bits, instead of a 2-byte bf16 copy.
 Scales and offsets are stored in float16 when that is exact (Q4_0, Q4_1, Q8_0, Q5_x: ggml's own half
 floats) and in float32 otherwise (the K-quants' d * sub-scale products).  The kernel works in float32
 throughout: per group it sums q * x in float32 and applies the group's scale and offset after, so the
@@ -37,13 +36,13 @@ TARGET_PROGRAMS = 264  # two per multiprocessor of an H100
 
 
 @triton.jit
-def _tile_fma(acc, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
+def _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
               BITS: tl.constexpr, PER: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr,
               SUBS: tl.constexpr):
     """acc [BLOCK_N, G, PER] += w * x for one tile of weight rows `rows`; weights q * scale + offset.
 
-    4- and 6-bit tiles: xa / xb are the inputs of the first / second half of each group ([G, PER]);
-    8-bit: xa is [G, PER].  ZERO is subtracted from the stored integers (Q4_0: 8, 6-bit: 32).
+    4-bit tiles: xa / xb are the inputs of the first / second half of each group ([G, PER]); 8-bit:
+    xa is [G, PER].  ZERO is subtracted from the integers (Q4_0: 8) when there is no offset.
     Summing elementwise and reducing once after the loop keeps shuffles out of the loop."""
     w_idx = rows[:, None, None] * (n_groups * PER) + grp[None, :, None] * PER + j[None, None, :]
     wq = tl.load(w_ptr + w_idx, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
@@ -60,19 +59,9 @@ def _tile_fma(acc, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, 
     scale = scale[:, :, None]
     if HAS_OFFSET:
         offset = offset[:, :, None]
-    if BITS != 8:
-        if BITS == 6:  # the 4-bit nibbles plus each value's two high bits: 4 per byte, byte j % 4 of the
-            # group, value j at shift 2 * (j // 4) (the second half's values 4 positions further)
-            h_idx = rows[:, None, None] * (n_groups * 4) + grp[None, :, None] * 4 + (j % 4)[None, None, :]
-            hb = tl.load(h_ptr + h_idx, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
-            shift = (2 * (j // 4))[None, None, :]
-            q_lo = (wq & 0xF) | (((hb >> shift) & 3) << 4)
-            q_hi = (wq >> 4) | (((hb >> (shift + 4)) & 3) << 4)
-        else:  # byte j of a group holds its values j (low nibble) and j + PER (high nibble), as in ggml
-            q_lo = wq & 0xF
-            q_hi = wq >> 4
-        lo = (q_lo.to(tl.float32) - ZERO) * scale
-        hi = (q_hi.to(tl.float32) - ZERO) * scale
+    if BITS == 4:  # byte j of a group holds its values j (low nibble) and j + 16 (high nibble), as in ggml
+        lo = ((wq & 0xF).to(tl.float32) - ZERO) * scale
+        hi = ((wq >> 4).to(tl.float32) - ZERO) * scale
         if HAS_OFFSET:
             lo += offset
             hi += offset
@@ -87,7 +76,7 @@ def _tile_fma(acc, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, 
 
 @triton.jit
 def _quant_gemv_kernel(
-    x_ptr, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, y_ptr, norm_ptr,
+    x_ptr, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, y_ptr, norm_ptr,
     N, K, stride_xm, stride_ym, eps,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr, SUBS: tl.constexpr,
     NORM: tl.constexpr, GLU: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -102,7 +91,7 @@ def _quant_gemv_kernel(
     n_ok = rn < N
     x_row = x_ptr + m * stride_xm
     G: tl.constexpr = BLOCK_K // GROUP
-    PER: tl.constexpr = GROUP if BITS == 8 else GROUP // 2  # bytes of one group (low nibbles for 4/6 bits)
+    PER: tl.constexpr = GROUP // 2 if BITS == 4 else GROUP  # bytes of one group
     n_groups = K // GROUP
     per_split = tl.cdiv(n_groups, SPLIT_K)
     g_begin = split * per_split
@@ -116,7 +105,7 @@ def _quant_gemv_kernel(
     for g0 in range(g_begin, g_end, G):
         grp = g0 + g  # [G]
         g_ok = grp < g_end
-        if BITS != 8:
+        if BITS == 4:
             col = grp[:, None] * GROUP + j[None, :]  # first half of each group, [G, PER]
             xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
             xb = tl.load(x_row + col + PER, mask=g_ok[:, None], other=0.0).to(tl.float32)
@@ -131,9 +120,9 @@ def _quant_gemv_kernel(
             if NORM:
                 squares += xa * xa
                 xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        acc = _tile_fma(acc, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET, ZERO, SUBS)
+        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET, ZERO, SUBS)
         if GLU:
-            acc_up = _tile_fma(acc_up, w_ptr, h_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
+            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
                                BITS, PER, HAS_OFFSET, ZERO, SUBS)
 
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
@@ -184,28 +173,19 @@ class QuantMatrix:
         factors of each group: scale = d * sc, offset = -(dmin * m); a fraction of the bytes."""
         self.out_features, self.in_features = q.shape
         self.group = group
-        self.high_bits = None
-        n = q.shape[0]
         if q.dtype == torch.uint8 and int(q.max()) <= 15:
             self.bits = 4
-            halves = q.reshape(n, -1, 2, group // 2)  # (first, second) half of each group
-            self.weight = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, -1).contiguous()
-        elif q.dtype == torch.int8 and group == 16 and int(q.min()) >= -32 and int(q.max()) <= 31:
-            self.bits = 6  # Q6_K: 6-bit values (q + 32), nibbles as 4-bit plus 2-bit highs
-            u = (q.to(torch.int16) + 32).to(torch.uint8).reshape(n, -1, 2, 8)
-            self.weight = ((u[:, :, 0] & 15) | ((u[:, :, 1] & 15) << 4)).reshape(n, -1).contiguous()
-            hi = (u >> 4).reshape(n, -1, 4, 4)  # value j of a group -> byte j % 4, pair j // 4
-            self.high_bits = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6))
-            self.high_bits = self.high_bits.reshape(n, -1).contiguous()
+            halves = q.reshape(q.shape[0], -1, 2, group // 2)  # (first, second) half of each group
+            self.weight = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous()
         else:
             self.bits = 8
             self.weight = q.to(torch.int8).contiguous()
-        self.zero = 32 if self.bits == 6 else 0  # subtracted from the stored integers
         self.block_scale = self.block_offset = None
         if block_scales is not None:
             self._set_two_level(scale, offset, *block_scales)
             return
         self.scale = _exact_half(scale).contiguous()
+        self.zero = 0
         if offset is not None and self.bits == 4 and torch.equal(offset, -8.0 * scale):
             offset, self.zero = None, 8  # Q4_0: w = (q - 8) * d, no offset to read
         self.offset = None if offset is None else _exact_half(offset).to(self.scale.dtype).contiguous()
@@ -213,6 +193,7 @@ class QuantMatrix:
             self.scale = self.scale.to(self.offset.dtype)
 
     def _set_two_level(self, sc, m, d, dmin) -> None:
+        self.zero = 0
         small = lambda t: t.to(torch.int8 if t.min() < 0 else torch.uint8).contiguous()  # noqa: E731
         self.scale, self.block_scale = small(sc), d.to(torch.float16).contiguous()
         self.offset = None if m is None else small(m)
@@ -246,7 +227,7 @@ class QuantMatrix:
 
     @property
     def nbytes(self) -> int:
-        parts = (self.weight, self.high_bits, self.scale, self.offset, self.block_scale, self.block_offset)
+        parts = (self.weight, self.scale, self.offset, self.block_scale, self.block_offset)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def tiles(self, n: int, fused: bool) -> tuple[int, int, int, int]:
@@ -288,8 +269,7 @@ class QuantMatrix:
         n_programs = triton.cdiv(N, block_n) * M
         split = self.split_k(n_programs, block_k) if accumulate and not glu else 1
         _quant_gemv_kernel[(triton.cdiv(N, block_n), M, split)](
-            x, self.weight, self.weight if self.high_bits is None else self.high_bits,
-            self.scale, self.scale if self.offset is None else self.offset,
+            x, self.weight, self.scale, self.scale if self.offset is None else self.offset,
             self.scale if self.block_scale is None else self.block_scale,
             self.scale if self.block_offset is None else self.block_offset, out,
             x if norm is None else norm,
