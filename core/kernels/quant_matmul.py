@@ -36,36 +36,41 @@ TARGET_PROGRAMS = 264  # two per multiprocessor of an H100
 
 
 @triton.jit
-def _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb, x_sum,
+def _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rows, r_ok, grp, g_ok, j, n_groups, xa, xb,
               BITS: tl.constexpr, PER: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr,
               SUBS: tl.constexpr):
-    """acc [BLOCK_N, G] += per group: scale * (q . x) + (offset - ZERO * scale) * sum(x), for one tile
-    of weight rows `rows` (w = (q - ZERO) * scale + offset).
+    """acc [BLOCK_N, G, PER] += w * x for one tile of weight rows `rows`; weights q * scale + offset.
 
     4-bit tiles: xa / xb are the inputs of the first / second half of each group ([G, PER]); 8-bit:
-    xa is [G, PER].  x_sum [G]: the sum of each group's inputs.  The integer products are summed over
-    a group's values (within a thread: a group's bytes are one vector load) before any scale is
-    applied, two float operations per weight; groups are reduced once, after the loop."""
+    xa is [G, PER].  ZERO is subtracted from the integers (Q4_0: 8) when there is no offset.
+    Summing elementwise and reducing once after the loop keeps shuffles out of the loop."""
     w_idx = rows[:, None, None] * (n_groups * PER) + grp[None, :, None] * PER + j[None, None, :]
     wq = tl.load(w_ptr + w_idx, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
-    if BITS == 4:  # byte j of a group holds its values j (low nibble) and j + PER (high nibble), as in ggml
-        part = tl.sum((wq & 0xF).to(tl.float32) * xa[None] + (wq >> 4).to(tl.float32) * xb[None], axis=2)
-    else:
-        part = tl.sum(wq.to(tl.float32) * xa[None], axis=2)
     s_idx = rows[:, None] * n_groups + grp[None, :]
     sg_ok = r_ok[:, None] & g_ok[None, :]
     scale = tl.load(s_ptr + s_idx, mask=sg_ok, other=0).to(tl.float32)
+    if HAS_OFFSET:
+        offset = tl.load(o_ptr + s_idx, mask=sg_ok, other=0).to(tl.float32)
     if SUBS > 0:
         b_idx = rows[:, None] * (n_groups // SUBS) + grp[None, :] // SUBS
         scale = tl.load(bs_ptr + b_idx, mask=sg_ok, other=0.0).to(tl.float32) * scale
-    acc += part * scale
-    if HAS_OFFSET:
-        offset = tl.load(o_ptr + s_idx, mask=sg_ok, other=0).to(tl.float32)
-        if SUBS > 0:
+        if HAS_OFFSET:
             offset = tl.load(bo_ptr + b_idx, mask=sg_ok, other=0.0).to(tl.float32) * offset
-        acc += offset * x_sum[None, :]
-    if ZERO != 0:
-        acc -= (ZERO * scale) * x_sum[None, :]
+    scale = scale[:, :, None]
+    if HAS_OFFSET:
+        offset = offset[:, :, None]
+    if BITS == 4:  # byte j of a group holds its values j (low nibble) and j + 16 (high nibble), as in ggml
+        lo = ((wq & 0xF).to(tl.float32) - ZERO) * scale
+        hi = ((wq >> 4).to(tl.float32) - ZERO) * scale
+        if HAS_OFFSET:
+            lo += offset
+            hi += offset
+        acc += lo * xa[None] + hi * xb[None]
+    else:
+        w = wq.to(tl.float32) * scale
+        if HAS_OFFSET:
+            w += offset
+        acc += w * xa[None]
     return acc
 
 
@@ -94,32 +99,33 @@ def _quant_gemv_kernel(
     g = tl.arange(0, G)
     j = tl.arange(0, PER)
 
-    acc = tl.zeros((BLOCK_N, G), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_N, G), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, G, PER), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, G, PER), dtype=tl.float32)
     squares = tl.zeros((G, PER), dtype=tl.float32)
     for g0 in range(g_begin, g_end, G):
         grp = g0 + g  # [G]
         g_ok = grp < g_end
-        col = grp[:, None] * GROUP + j[None, :]  # [G, PER]: each group's (first half of) columns
-        xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        if BITS == 4:  # and the second half
+        if BITS == 4:
+            col = grp[:, None] * GROUP + j[None, :]  # first half of each group, [G, PER]
+            xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
             xb = tl.load(x_row + col + PER, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        else:
-            xb = xa
-        if NORM:
-            squares += xa * xa
-            xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            if BITS == 4:
-                squares += xb * xb
+            if NORM:
+                squares += xa * xa + xb * xb
+                xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
                 xb *= tl.load(norm_ptr + col + PER, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        x_sum = tl.sum(xa + xb, axis=1) if BITS == 4 else tl.sum(xa, axis=1)
-        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb,
-                        x_sum, BITS, PER, HAS_OFFSET, ZERO, SUBS)
+        else:
+            col = grp[:, None] * GROUP + j[None, :]
+            xa = tl.load(x_row + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xb = xa
+            if NORM:
+                squares += xa * xa
+                xa *= tl.load(norm_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        acc = _tile_fma(acc, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn, n_ok, grp, g_ok, j, n_groups, xa, xb, BITS, PER, HAS_OFFSET, ZERO, SUBS)
         if GLU:
-            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn + N, n_ok, grp, g_ok, j, n_groups,
-                               xa, xb, x_sum, BITS, PER, HAS_OFFSET, ZERO, SUBS)
+            acc_up = _tile_fma(acc_up, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, rn + N, n_ok, grp, g_ok, j, n_groups, xa, xb,
+                               BITS, PER, HAS_OFFSET, ZERO, SUBS)
 
-    out = tl.sum(acc, axis=1)
+    out = tl.sum(tl.sum(acc, axis=2), axis=1)
     if NORM:
         if SPLIT_K > 1:  # this program saw a slice of the row: the statistic needs all of it
             row_squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
@@ -133,7 +139,7 @@ def _quant_gemv_kernel(
         rstd = 1.0 / tl.sqrt(sum_squares / K + eps)
         out *= rstd
     if GLU:
-        up = tl.sum(acc_up, axis=1)
+        up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
         if NORM:
             up *= rstd
         out = out / (1.0 + tl.exp(-out)) * up
