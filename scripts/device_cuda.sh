@@ -17,7 +17,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
   python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
   python3 scripts/make_shape_model.py --shape llama1b --type q4_k_m --out /tmp/llama1b-q4_k_m.gguf
-  lt bench -m /tmp/smollm2-q4_1.gguf -m /tmp/llama1b-q4_0.gguf -m /tmp/llama1b-q4_k_m.gguf -p 512 -n 128 -r 3 \
+  lt bench -m /tmp/smollm2-q4_1.gguf -m /tmp/llama1b-q4_0.gguf -m /tmp/llama1b-q4_k_m.gguf -p 512 -n 128 -r "${REPS:-3}" \
     --device cuda 2>&1
 fi
 if [ "$what" = kernels ]; then  # tile sweep of the Triton matmul on both shapes
