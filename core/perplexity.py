@@ -105,6 +105,8 @@ def evaluate_chunks(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batc
                 engine.decode(batch)
                 continue
             out = engine.decode(batch)
+            if step < n_ctx:  # more forwards follow in this group: keep these rows (decode reuses buffers)
+                out = out.clone()
             rows = out.shape[0] // n_in_group
             for s in range(n_in_group):
                 per_chunk[s].append(out[s * rows : (s + 1) * rows])

@@ -104,6 +104,6 @@ class Gemma3Model(QwenModel):
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
         out = super().head(x, out_index, hidden)
-        if self.softcap and not hidden:
-            out = torch.tanh(out / self.softcap) * self.softcap
+        if self.softcap and not hidden:  # in place: perplexity's rows are ~1 GB, each temporary a fresh mapping
+            out.div_(self.softcap).tanh_().mul_(self.softcap)
         return out

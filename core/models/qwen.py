@@ -120,4 +120,4 @@ class QwenModel(LlamaModel):
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
         out = super().head(x, out_index, hidden)
-        return out + self.output_bias if self.output_bias is not None and not hidden else out
+        return out.add_(self.output_bias) if self.output_bias is not None and not hidden else out
