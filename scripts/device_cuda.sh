@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (device tool, carrying .whl): CUDA tests, then bench on random-weight models
 # of the exact shapes of SmolLM2-135M Q4_1 and Llama-3.2-1B Q4_0.
-#   bash scripts/device_cuda.sh [tests|bench|all|profile|prefill|overhead|batched|kernels]
+#   bash scripts/device_cuda.sh [tests|bench|all|profile|prefill|longctx|overhead|batched|kernels]
 set -uo pipefail
 what=${1:-all}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
@@ -33,6 +33,12 @@ fi
 if [ "$what" = prefill ]; then  # where a 512-token prefill goes (launch-bound on small models)
   [ -f /tmp/smollm2-q4_1.gguf ] || python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
   python3 scripts/profile_cuda_prefill.py /tmp/smollm2-q4_1.gguf
+fi
+if [ "$what" = longctx ]; then  # decode deep in a long context: attention split over programs or not
+  [ -f /tmp/llama1b-q4_0.gguf ] || python3 scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
+  for pos in 100 4000 16000; do for flag in "" --no-split; do
+    python3 scripts/profile_cuda_decode.py /tmp/llama1b-q4_0.gguf --ctx 16384 --pos $pos $flag 2>&1 | grep -E '^ctx'
+  done; done
 fi
 if [ "$what" = overhead ]; then  # where a decode step's time goes beyond the graph itself
   for m in /tmp/smollm2-q4_1.gguf /tmp/llama1b-q4_0.gguf; do

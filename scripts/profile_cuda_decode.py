@@ -27,12 +27,19 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--pos", type=int, default=100, help="the position decoded (attention over pos cells)")
+    ap.add_argument("--no-split", action="store_true", help="one attention program per (sequence, KV head)")
     args = ap.parse_args()
+    if args.no_split:
+        from llamatorch.core.kernels import llama_step
+
+        llama_step.attention_splits = lambda programs, n_ctx: 1
     B = args.batch
-    e = Engine(args.model, n_ctx=1024, n_seq=B, dtype="bf16", device="cuda")
+    e = Engine(args.model, n_ctx=args.ctx, n_seq=B, dtype="bf16", device="cuda")
     step = Batch()
     for s in range(B):
-        step.add(1, 100, seq=s, logits=True)
+        step.add(1, args.pos, seq=s, logits=True)
     for _ in range(3):
         e.decode(step)
     torch.cuda.synchronize()
@@ -57,7 +64,7 @@ def main() -> None:
     for _ in range(args.steps):
         int(torch.argmax(e.decode(step)[-1]))
     full = (time.perf_counter() - t0) / args.steps
-    print(f"batch {B}: graph replay {replay * 1e3:.3f} ms/step ({B / replay:.0f} tok/s), "
+    print(f"ctx {args.ctx} pos {args.pos}{' no split' if args.no_split else ''}: batch {B}: graph replay {replay * 1e3:.3f} ms/step ({B / replay:.0f} tok/s), "
           f"engine step with sync {full * 1e3:.3f} ms ({B / full:.0f} tok/s)")
     if g.fused is not None:  # the Triton step, launched eagerly: its kernels one by one
         run = g.fused.forward

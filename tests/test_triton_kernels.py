@@ -185,17 +185,18 @@ def tiny_q4(tmp_path_factory):
     return requantize_gguf(write_llama_gguf(model, d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
 
 
-@pytest.mark.parametrize("n_seq", [2, 6])  # matrix-vector kernels / dense GEMMs (> QUANT_MAX_ROWS)
-def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq):
+# matrix-vector kernels / dense GEMMs (> QUANT_MAX_ROWS); a long context: attention split over programs
+@pytest.mark.parametrize("n_seq,n_ctx", [(2, 64), (6, 64), (2, 4096)])
+def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq, n_ctx):
     """The fused decode step (sequences at different lengths) equals the float32 reference."""
     from llamatorch.core.engine import Batch, Engine
 
     g = torch.Generator().manual_seed(5)
     seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (9, 4, 2, 7, 3, 5)[:n_seq]]
-    eng = Engine(tiny_q4, n_ctx=64, n_seq=n_seq, dtype="bf16", device=DEVICE)
+    eng = Engine(tiny_q4, n_ctx=n_ctx, n_seq=n_seq, dtype="bf16", device=DEVICE)
     assert kernels["llama_step"].supports(eng.model)
     step = kernels["llama_step"].LlamaDecodeStep(eng.model, eng.cache, n_seq, eng.device)
-    assert step.gemv == (n_seq <= 4)
+    assert step.gemv == (n_seq <= 4) and (step.split is not None) == (n_ctx > 64)
     ref = Engine(tiny_q4, n_ctx=64, dtype="f32", device="cpu")
     for s, toks in enumerate(seqs):
         eng.decode(Batch.sequence(toks[:-1], seq=s))
@@ -207,3 +208,33 @@ def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq):
             want = ref.decode(Batch.sequence(toks))[0]
             assert (out[s] - want).abs().max() < 0.05 * want.abs().max(), (t, s)
             toks.append(int(want.argmax()))
+
+
+def test_rope_attention_split_over_programs(kernels):
+    """Flash-decoding (the cells spread over several programs, merged by the last to finish) equals the
+    one-program kernel, including the cache writes and the zeroed QKV buffer."""
+    from llamatorch.core.models.common import rope_tables
+
+    ops = kernels["decode_ops"]
+    B, H, HKV, hd, cells = 3, 8, 2, 64, 300
+    g = torch.Generator().manual_seed(7)
+    cos, sin = (t.to(DEVICE) for t in rope_tables(cells, hd, 10000.0, "cpu"))
+    qkv = torch.randn(B, (H + 2 * HKV) * hd, generator=g)
+    kc = torch.randn(B, HKV, cells, hd, generator=g).bfloat16()
+    vc = torch.randn(B, HKV, cells, hd, generator=g).bfloat16()
+    pos, rows = torch.tensor([5, 290, 0], device=DEVICE), torch.tensor([2, 0, 1], device=DEVICE)
+    results = []
+    for splits in (1, 4):
+        split = None if splits == 1 else ops.SplitScratch(B, HKV, H // HKV, hd, splits, DEVICE)
+        if split is not None:
+            split.MIN_CHUNK = 64  # several slices at these lengths
+        q2, k2, v2 = qkv.clone().to(DEVICE), kc.clone().to(DEVICE), vc.clone().to(DEVICE)
+        out = torch.full((B, H * hd), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        ops.rope_attention(q2, k2, v2, out, pos, rows, cos, sin, H, 1 / math.sqrt(hd), False, split)
+        assert not q2.any()
+        if split is not None:
+            assert not split.count.any()  # counts reset for the next layer
+        results.append((out.float().cpu(), k2.cpu(), v2.cpu()))
+    (o1, k1, v1), (o4, k4, v4) = results
+    assert torch.equal(k1, k4) and torch.equal(v1, v4)
+    _close(o4, o1, 1e-2)

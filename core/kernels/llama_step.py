@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..weights import QUANT_MAX_ROWS
-from .decode_ops import rope_attention
+from .decode_ops import SplitScratch, rope_attention
 
 
 def supports(model) -> bool:
@@ -30,6 +30,14 @@ def supports(model) -> bool:
         return False
     mats = [m for L in model.layers for m in (L.qkv, L.wo, L.gate_up, L.down)] + [model.output]
     return all(getattr(m, "quant", None) is not None for m in mats)
+
+
+def attention_splits(programs: int, n_ctx: int) -> int:
+    """Slices of the cells per (sequence, KV head) for contexts long enough that one program each would
+    leave most of the GPU idle: up to 16, one per 1024 cells of context (short ones use the first)."""
+    if programs >= 128 or n_ctx < 2048:
+        return 1
+    return min(16, 1 << (n_ctx // 1024).bit_length() - 1)
 
 
 class LlamaDecodeStep:
@@ -51,6 +59,10 @@ class LlamaDecodeStep:
             torch.zeros(B, 2 * p.n_ff, **bf16))
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
         self.scale = 1.0 / math.sqrt(p.head_dim)
+        self.split = None
+        splits = attention_splits(B * p.n_head_kv, cache.n_ctx)
+        if splits > 1:
+            self.split = SplitScratch(B, p.n_head_kv, p.n_head // p.n_head_kv, p.head_dim, splits, device)
 
     def _matmul(self, mat, x, out, *, norm=None, glu=False, accumulate=False) -> None:
         """out (+)= W @ norm(x), or silu(gate . x) * (up . x) with glu (the dense path leaves
@@ -79,7 +91,7 @@ class LlamaDecodeStep:
         for il, L in enumerate(m.layers):
             self._matmul(L.qkv, x, self.qkv, norm=L.attn_norm, accumulate=self.gemv)
             rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope_cos, m.rope_sin,
-                           p.n_head, self.scale, neox=False)
+                           p.n_head, self.scale, neox=False, split=self.split)
             self._matmul(L.wo, self.attn, x, accumulate=True)
             self._matmul(L.gate_up, x, self.ffn_in, norm=L.ffn_norm, glu=True)
             self._matmul(L.down, self._ffn_input(), x, accumulate=True)
