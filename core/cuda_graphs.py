@@ -2,7 +2,9 @@
 
 Eager PyTorch spends most of a small model's decode step launching kernels; a captured graph replays
 the whole forward with one launch.  Llama-family models with Triton kernels (kernels/llama_step.py)
-read each sequence's length on the device: one graph per batch size.  Other models go through their
+read each sequence's length on the device: one graph per batch size and context regime (from
+LONG_CONTEXT cells on, attention split over more programs: that costs a little on short contexts).
+Other models go through their
 PyTorch forward, whose shapes must be static: the graph attends over a fixed number of cells (a
 power-of-two bucket >= the longest sequence) and computes its mask on the device from the positions
 buffer; one graph per (batch size, bucket).  Graphs are captured on first use.
@@ -15,6 +17,8 @@ import torch
 from .models.common import Step
 
 MIN_BUCKET = 256
+LONG_CONTEXT = 1024  # Triton step: from this position on, graphs with split attention (flash-decoding)
+FUSED, FUSED_LONG = 0, -1  # "buckets" of the Triton step's graphs
 
 
 def fused_step_supported(model) -> bool:
@@ -49,10 +53,10 @@ class GraphedDecode:
         self.logits = None
         self.graph = None
         self.fused = None
-        if n_cells == 0:  # the Triton step: no bucket
+        if n_cells in (FUSED, FUSED_LONG):  # the Triton step: no bucket
             from .kernels.llama_step import LlamaDecodeStep
 
-            self.fused = LlamaDecodeStep(model, cache, B, device)
+            self.fused = LlamaDecodeStep(model, cache, B, device, split_attention=n_cells == FUSED_LONG)
             self.inputs = self.fused.inputs
 
     def _forward(self) -> torch.Tensor:

@@ -200,14 +200,17 @@ class Engine:
         return batch.seq == list(range(n)) and all(batch.logits) and n <= self.n_seq
 
     def _graph_decode(self, batch: Batch) -> torch.Tensor:
-        from .cuda_graphs import GraphedDecode, bucket_for, fused_step_supported
+        from .cuda_graphs import FUSED, FUSED_LONG, LONG_CONTEXT, GraphedDecode, bucket_for, fused_step_supported
 
         top = max(batch.pos)
         if min(batch.pos) < 0 or top >= self.n_ctx:
             raise LlamatorchError(f"position {top} is outside the context of {self.n_ctx} tokens")
         if self._fused_step is None:
             self._fused_step = fused_step_supported(self.model)
-        key = (len(batch), 0 if self._fused_step else bucket_for(top + 1, self.n_ctx))
+        if self._fused_step:
+            key = (len(batch), FUSED_LONG if top >= LONG_CONTEXT else FUSED)
+        else:
+            key = (len(batch), bucket_for(top + 1, self.n_ctx))
         g = self._graphs.get(key)
         if g is None:
             g = self._graphs[key] = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)

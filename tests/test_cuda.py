@@ -84,3 +84,20 @@ def test_cuda_repeated_layout_replays_a_graph(tiny_q4):
         ref = eager.decode(Batch.sequence(toks, all_logits=True)).cpu()
         assert (out - ref).abs().max().item() < 1e-3 * ref.abs().max().item(), seed
     assert any(isinstance(g, GraphedForward) and g.graph is not None for g in gpu._forward_graphs.values())
+
+
+def test_cuda_long_context_decode(tiny_q4):
+    """Decoding past LONG_CONTEXT uses the split-attention graph (Triton) and still equals the CPU."""
+    from llamatorch.core import kernels
+    from llamatorch.core.cuda_graphs import FUSED_LONG, LONG_CONTEXT
+
+    n = LONG_CONTEXT + 40
+    toks = _toks(n + 3, seed=9)
+    cpu = Engine(tiny_q4, n_ctx=2048, dtype="f32", device="cpu")
+    gpu = Engine(tiny_q4, n_ctx=2048, dtype="bf16", device="cuda")
+    ref = cpu.decode(Batch.sequence(toks, all_logits=True))[n:]
+    gpu.decode(Batch.sequence(toks[:n]))
+    out = torch.stack([gpu.decode(Batch.sequence([toks[n + i]], start=n + i))[0].cpu() for i in range(3)])
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+    if kernels.available(gpu.device):
+        assert (1, FUSED_LONG) in gpu._graphs

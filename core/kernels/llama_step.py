@@ -41,7 +41,7 @@ def attention_splits(programs: int, n_ctx: int) -> int:
 
 
 class LlamaDecodeStep:
-    def __init__(self, model, cache, batch_size: int, device: torch.device):
+    def __init__(self, model, cache, batch_size: int, device: torch.device, split_attention: bool = True):
         p = model.params
         self.model, self.cache, self.p = model, cache, p
         B = batch_size
@@ -60,7 +60,7 @@ class LlamaDecodeStep:
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
         self.scale = 1.0 / math.sqrt(p.head_dim)
         self.split = None
-        splits = attention_splits(B * p.n_head_kv, cache.n_ctx)
+        splits = attention_splits(B * p.n_head_kv, cache.n_ctx) if split_attention else 1
         if splits > 1:
             self.split = SplitScratch(B, p.n_head_kv, p.n_head // p.n_head_kv, p.head_dim, splits, device)
 
