@@ -48,7 +48,7 @@ class GraphedDecode:
         self.positions = self.inputs[1].view(B, 1)
         self.rows = torch.arange(B, dtype=torch.int64, device=device)
         self.valid = torch.ones(B, 1, dtype=torch.bool, device=device)
-        self.cells = torch.arange(n_cells, device=device)
+        self.cells = torch.arange(max(n_cells, 0), device=device)  # (the Triton step has no bucket)
         self.n_cells, self.B = n_cells, B
         self.logits = None
         self.graph = None
