@@ -1,11 +1,13 @@
 """y = x @ W.T with W kept in ggml's integer groups (w = q * scale + offset per group), in one Triton kernel.
 
 Decoding reads every weight once per step, so bytes are time: Q4 matrices stay at 4 bits (two values
-per byte), the other formats (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K) at 8 bits, instead of a 2-byte bf16 copy.
-Scales and offsets are stored in float16 when that is exact (Q4_0, Q4_1, Q8_0, Q5_x: ggml's own half
-floats) and in float32 otherwise (the K-quants' d * sub-scale products).  The kernel works in float32
-throughout: per group it sums q * x in float32 and applies the group's scale and offset after, so the
-products are those of ggml's exact float32 weights (no bf16 rounding of weights or inputs).
+per byte, ggml's nibble order), the other formats (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K) at 8 bits, instead of a
+2-byte bf16 copy.  Scales: ggml's own half floats where they are (Q4_0 -- which needs no offset:
+w = (q - 8) d --, Q4_1, Q5_x, Q8_0); the K-quants keep their two levels (small integer sub-scales per
+group times a half-float scale per 256 values, multiplied in the kernel as ggml does); a fused matrix
+of mixed formats falls back to float32 scales.  The kernel works in float32 throughout: it rebuilds
+each weight as ggml's exact float32 value, multiplies it by the input and accumulates elementwise,
+reducing once after the loop (no bf16 rounding of weights or inputs).
 
 It is a matrix-*vector* kernel, made for decoding: each input row re-reads the weights (from L2 after
 the first), so callers with many rows use a dense GEMM instead.
