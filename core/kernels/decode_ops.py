@@ -7,6 +7,8 @@ sequence's position, runs an online softmax over the cached cells 0..position-1 
 token's own key and value (still in registers, so no ordering between the store and the loads is
 needed), and zeroes the slices of the QKV buffer it read.  The loop stops at the sequence's own
 length, read on the device, so a captured CUDA graph serves every position without masks or buckets.
+For long contexts (`SplitScratch`) the cells are also split over several programs per (sequence, KV
+head) whose partial softmax states the last one to finish merges (flash-decoding).
 """
 
 from __future__ import annotations
