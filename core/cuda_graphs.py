@@ -18,7 +18,7 @@ from .models.common import Step
 
 MIN_BUCKET = 256
 LONG_CONTEXT = 1024  # Triton step: from this position on, graphs with split attention (flash-decoding)
-FUSED, FUSED_LONG = 0, -1  # "buckets" of the Triton step's graphs
+FUSED, FUSED_LONG = "fused", "fused-long"  # the Triton step's graph keys, in place of a bucket
 
 
 def fused_step_supported(model) -> bool:
@@ -39,7 +39,10 @@ def bucket_for(n_visible: int, n_ctx: int) -> int:
 
 
 class GraphedDecode:
-    def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device):
+    """A decode step's graph: the model's PyTorch forward over `n_cells` cells, or with `fused` (a
+    kernels.llama_step.LlamaDecodeStep, see fused_decode) the Triton step, which needs no bucket."""
+
+    def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device, fused=None):
         self.model, self.cache = model, cache
         B = batch_size
         # tokens and positions travel together: one small host-to-device copy per step
@@ -48,16 +51,21 @@ class GraphedDecode:
         self.positions = self.inputs[1].view(B, 1)
         self.rows = torch.arange(B, dtype=torch.int64, device=device)
         self.valid = torch.ones(B, 1, dtype=torch.bool, device=device)
-        self.cells = torch.arange(max(n_cells, 0), device=device)  # (the Triton step has no bucket)
+        self.cells = torch.arange(n_cells, device=device)
         self.n_cells, self.B = n_cells, B
         self.logits = None
         self.graph = None
-        self.fused = None
-        if n_cells in (FUSED, FUSED_LONG):  # the Triton step: no bucket
-            from .kernels.llama_step import LlamaDecodeStep
+        self.fused = fused
+        if fused is not None:
+            self.inputs = fused.inputs
 
-            self.fused = LlamaDecodeStep(model, cache, B, device, split_attention=n_cells == FUSED_LONG)
-            self.inputs = self.fused.inputs
+    @classmethod
+    def fused_decode(cls, model, cache, batch_size: int, device: torch.device, long_context: bool):
+        """The Triton step's graph (attention split over more programs for long contexts)."""
+        from .kernels.llama_step import LlamaDecodeStep
+
+        step = LlamaDecodeStep(model, cache, batch_size, device, split_attention=long_context)
+        return cls(model, cache, batch_size, 0, device, fused=step)
 
     def _forward(self) -> torch.Tensor:
         if self.fused is not None:

@@ -212,8 +212,11 @@ class Engine:
         else:
             key = (len(batch), bucket_for(top + 1, self.n_ctx))
         g = self._graphs.get(key)
-        if g is None:
-            g = self._graphs[key] = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)
+        if g is None and self._fused_step:
+            g = GraphedDecode.fused_decode(self.model, self.cache, key[0], self.device, key[1] == FUSED_LONG)
+        elif g is None:
+            g = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)
+        self._graphs[key] = g
         for s, p in zip(batch.seq, batch.pos):
             self.cache.seq_len[s] = max(self.cache.seq_len[s], p + 1)
         return g.run(batch.tokens, batch.pos)

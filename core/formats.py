@@ -228,6 +228,22 @@ def _k_factors(blocks: torch.Tensor):
     return d, sc.to(torch.float32), dmin, mn.to(torch.float32)
 
 
+def _k_scale_offset(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K per-32 scale d*sc and offset -(dmin*m): ggml computes d*sc*q - dmin*m, the same
+    value as q*scale + offset in IEEE arithmetic."""
+    d, sc, dmin, mn = _k_factors(blocks)
+    return d * sc, -(dmin * mn)
+
+
+def _grouped(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """[n, block] values from q [n, block] and per-group scale (and offset) [n, groups]."""
+    n, groups = scale.shape
+    w = scale.reshape(n, groups, 1) * q.reshape(n, groups, -1).to(torch.float32)
+    if offset is not None:
+        w = w + offset.reshape(n, groups, 1)
+    return w.reshape(n, -1)
+
+
 class Q4_K(BlockFormat):
     qtype, block_size, type_size, int4_groups, group_size = GGMLQuantizationType.Q4_K, QK_K, 144, True, 32
     two_level = True
@@ -236,20 +252,13 @@ class Q4_K(BlockFormat):
     @classmethod
     def unpack_int4(cls, blocks):
         n = blocks.shape[0]
-        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
-        sc, mn = _k_scale_min(blocks[:, 4:16])
         qs = blocks[:, 16:].reshape(n, 4, 1, 32)
         q = torch.cat([qs & 0x0F, qs >> 4], dim=2).reshape(n, QK_K)
-        return q, d * sc.to(torch.float32), -(dmin * mn.to(torch.float32))
+        return (q, *_k_scale_offset(blocks))
 
     @classmethod
     def dequantize(cls, blocks):
-        n = blocks.shape[0]
-        q, scale, offset = cls.unpack_int4(blocks)
-        # ggml computes d*q - m (not d*q + (-m)): same value in IEEE arithmetic
-        return (scale.reshape(n, 8, 1) * q.reshape(n, 8, 32).to(torch.float32) + offset.reshape(n, 8, 1)).reshape(
-            n, QK_K
-        )
+        return _grouped(*cls.unpack_int4(blocks))
 
 
 class Q5_K(BlockFormat):
@@ -260,23 +269,16 @@ class Q5_K(BlockFormat):
     @classmethod
     def unpack_groups(cls, blocks):
         n = blocks.shape[0]
-        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
-        sc, mn = _k_scale_min(blocks[:, 4:16])
         qh, qs = blocks[:, 16:48], blocks[:, 48:]
         ql = qs.reshape(n, 4, 1, 32)
         ql = torch.cat([ql & 0x0F, ql >> 4], dim=2).reshape(n, 8, 32)
         hb = _bits(qh, 8).reshape(n, 8, 32)
         q = (ql | (hb << 4)).reshape(n, QK_K)
-        return q, d * sc.to(torch.float32), -(dmin * mn.to(torch.float32))
+        return (q, *_k_scale_offset(blocks))
 
     @classmethod
     def dequantize(cls, blocks):
-        n = blocks.shape[0]
-        q, scale, offset = cls.unpack_groups(blocks)
-        # ggml computes dl*q - ml: the same value as dl*q + (-ml) in IEEE arithmetic
-        return (scale.reshape(n, 8, 1) * q.reshape(n, 8, 32).to(torch.float32) + offset.reshape(n, 8, 1)).reshape(
-            n, QK_K
-        )
+        return _grouped(*cls.unpack_groups(blocks))
 
 
 class Q6_K(BlockFormat):
@@ -290,20 +292,18 @@ class Q6_K(BlockFormat):
     @classmethod
     def unpack_groups(cls, blocks):
         n = blocks.shape[0]
-        ql, qh, scales = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
-        d = _f16(blocks[:, 208:210])
+        ql, qh = blocks[:, :128], blocks[:, 128:192]
         low = ql.reshape(n, 2, 1, 64)
         low = torch.cat([low & 0x0F, low >> 4], dim=2).reshape(n, 8, 32)
         shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
         high = ((qh.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 8, 32)
         q = (low | (high << 4)).to(torch.int8) - 32
-        return q.reshape(n, QK_K), d * scales.contiguous().view(torch.int8).to(torch.float32), None
+        d, sc, _, _ = cls.scale_factors(blocks)
+        return q.reshape(n, QK_K), d * sc, None
 
     @classmethod
     def dequantize(cls, blocks):
-        n = blocks.shape[0]
-        q, scale, _ = cls.unpack_groups(blocks)
-        return (scale.reshape(n, 16, 1) * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, QK_K)
+        return _grouped(*cls.unpack_groups(blocks))
 
 
 FORMATS: dict[GGMLQuantizationType, type[BlockFormat]] = {
