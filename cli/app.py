@@ -7,6 +7,7 @@ typer at top level (torch is imported lazily inside the command) so `--help` sta
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
@@ -47,7 +48,14 @@ for _mod_name in COMMAND_MODULES:
     app.command(name=_mod.NAME, context_settings=_CONTEXT)(_mod.command)
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM unwinds like an interrupt, so half-written outputs are removed (core.atomic_file)
+    print("terminated", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except LlamatorchError as e:

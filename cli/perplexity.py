@@ -186,10 +186,14 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
     try:
         res = perplexity(engine, tokens, n_ctx, n_chunk, n_batch, bos, on_chunk=on_chunk,
                          on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a base file is whole or absent
+        raise
     finally:
         out.close()
-        if writer is not None:
-            writer.close()
+    if writer is not None:
+        writer.commit()
     print()
     if res.ppl_err == res.ppl_err:  # not NaN
         print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_err:.5f}", flush=True)

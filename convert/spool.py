@@ -14,6 +14,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from llamatorch.core.atomic_file import register, remove
+
 from .archs import TextArch
 from .plan import PlannedTensor
 
@@ -24,14 +26,22 @@ class DataSpool:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._bar = _progress(plan) if progress else None
+        # created here, registered first: an interrupt at any point leaves no side file behind
+        register(path)
+        try:
+            self._file = open(path, "wb")
+        except OSError as e:  # reported by finish(), like any error of the thread
+            self._file, self.error = None, e
         self._thread = threading.Thread(target=self._run, name="convert-data", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         from .writer import tensor_bytes
 
+        if self._file is None:
+            return
         try:
-            with open(self.path, "wb") as f:
+            with self._file as f:
                 for p in self.plan:
                     if self._stop.is_set():
                         return
@@ -75,7 +85,7 @@ class DataSpool:
         self._stop.set()
         self._thread.join()
         self._close_bar()
-        self.path.unlink(missing_ok=True)
+        remove(self.path)
 
     def _close_bar(self) -> None:
         if self._bar:

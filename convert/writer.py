@@ -10,6 +10,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from llamatorch.core.atomic_file import forget, remove, temp_path_beside
+
 from .archs import TextArch
 from .plan import PlannedTensor, block_id, compute_dtype
 
@@ -129,7 +131,7 @@ def file_size(w: gguf.GGUFWriter, plan: list[PlannedTensor]) -> int:
 def write_file(w: gguf.GGUFWriter, spool, out: Path) -> int:
     """Write header, KV and tensor infos to a temporary file, append the spooled tensor data, then
     rename it to `out`. `spool` is a DataSpool (None for a vocabulary-only file)."""
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp = temp_path_beside(out)
     try:
         w.write_header_to_file(path=tmp)
         w.write_kv_data_to_file()
@@ -141,12 +143,13 @@ def write_file(w: gguf.GGUFWriter, spool, out: Path) -> int:
             spool.append_to(fout)
         w.close()
         os.replace(tmp, out)
+        forget(tmp)
     except BaseException:
         try:
             w.close()
         except Exception:
             pass
-        tmp.unlink(missing_ok=True)
+        remove(tmp)
         raise
     finally:
         if spool is not None:

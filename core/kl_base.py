@@ -25,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from .atomic_file import AtomicFile
 from .errors import LlamatorchError
 
 MAGIC = b"_logits_"
@@ -88,20 +89,19 @@ class BaseHeader:
 
 
 class BaseWriter:
-    """Writes the header and tokens up front, then one block of packed rows per chunk, in order."""
+    """Writes the header and tokens up front, then one block of packed rows per chunk, in order.
+
+    The file appears at `path` only on commit(); abort() (or an interrupt) leaves nothing behind."""
 
     def __init__(self, path: str | Path, n_ctx: int, n_vocab: int, n_chunk: int, tokens: np.ndarray):
         self.path = Path(path)
         self.header = BaseHeader(n_ctx, n_vocab, n_chunk)
-        try:
-            self.f: BinaryIO = open(self.path, "wb")
-        except OSError as e:
-            raise LlamatorchError(f"cannot write {path}: {e.strerror}") from None
-        self.f.write(MAGIC)
-        self.f.write(np.array([n_ctx], dtype="<u4").tobytes())
-        self.f.write(np.array([n_vocab, n_chunk], dtype="<i4").tobytes())
+        self.out = AtomicFile(self.path)
+        self.out.write(MAGIC)
+        self.out.write(np.array([n_ctx], dtype="<u4").tobytes())
+        self.out.write(np.array([n_vocab, n_chunk], dtype="<i4").tobytes())
         toks = np.asarray(tokens[: n_chunk * n_ctx], dtype="<i4")
-        self.f.write(toks.tobytes())
+        self.out.write(toks.tobytes())
 
     def write_chunk(self, logits: torch.Tensor) -> None:
         """logits: [n_ctx - 1 - n_ctx/2, n_vocab] of one chunk's scored positions."""
@@ -109,10 +109,13 @@ class BaseWriter:
             raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {logits.shape[0]}")
         step = max(1, (1 << 22) // logits.shape[1])  # ~16 MB slices: temporaries stay in cache
         for i in range(0, logits.shape[0], step):
-            self.f.write(pack_log_probs(logits[i : i + step]).astype("<u2", copy=False).tobytes())
+            self.out.write(pack_log_probs(logits[i : i + step]).astype("<u2", copy=False).tobytes())
 
-    def close(self) -> None:
-        self.f.close()
+    def commit(self) -> None:
+        self.out.commit()
+
+    def abort(self) -> None:
+        self.out.abort()
 
 
 class BaseReader:

@@ -3,21 +3,17 @@
 Metadata is copied as the raw bytes of each input key-value pair (types and values untouched,
 no decoding of the vocabulary), minus the split keys; general.quantization_version and
 general.file_type are removed and appended, as gguf_set_val_u32 does. Tensor data follows in
-llama.cpp's tensor order, each padded to the alignment. The file is written under a temporary
-name in the destination directory and renamed into place only when complete.
+llama.cpp's tensor order, each padded to the alignment. The file itself is written through
+core.atomic_file (a temporary name, renamed into place only when complete).
 """
 
 from __future__ import annotations
 
 import mmap
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 from gguf import GGMLQuantizationType, GGUFValueType
-
-from llamatorch.core.errors import LlamatorchError
 
 GGML_QNT_VERSION = 2
 _DROP = {"general.quantization_version", "general.file_type", "split.no", "split.count", "split.tensors.count"}
@@ -86,42 +82,3 @@ def build_header(records, tensors, ftype: int, alignment: int) -> bytes:
         offset += pad(nbytes, alignment)
     head = b"".join(parts)
     return head + b"\0" * (pad(len(head), alignment) - len(head))
-
-
-class AtomicOutput:
-    """A file in the destination directory that becomes `path` only on commit()."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise LlamatorchError(f"output directory does not exist: {parent}")
-        if self.path.is_dir():
-            raise LlamatorchError(f"output path is a directory: {self.path}")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=parent)
-        except OSError as e:
-            raise LlamatorchError(f"cannot write to {parent}: {e.strerror}") from None
-        self.tmp = Path(tmp)
-        try:
-            self.file = os.fdopen(fd, "wb", buffering=1 << 20)
-        except BaseException:
-            os.close(fd)
-            self.tmp.unlink(missing_ok=True)
-            raise
-
-    def write(self, data) -> None:
-        self.file.write(data)
-
-    def commit(self) -> None:
-        self.file.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self.file.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)

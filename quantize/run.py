@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from llamatorch.core.atomic_file import AtomicFile
 from llamatorch.core.errors import LlamatorchError
 from llamatorch.core.gguf_file import GGUFFile
 
 from . import blocks
 from .ftypes import FileType
-from .gguf_out import AtomicOutput, build_header, metadata_records, pad
+from .gguf_out import build_header, metadata_records, pad
 from .policy import ModelInfo, Params, TypePolicy, is_quantized, model_info, n_dims, weights_order
 
 
@@ -166,7 +167,7 @@ def quantize_model(opts: Options) -> Summary:
         pool = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="quantize")
         out = None
         try:
-            out = AtomicOutput(opts.output)
+            out = AtomicFile(opts.output)
             out.write(header)
             if progress:
                 progress.start()

@@ -54,7 +54,7 @@ def _fake_base(path, n_ctx=16, n_vocab=1000, n_chunk=1, truncate=0):
 
     for _ in range(n_chunk):
         w.write_chunk(torch.zeros(kl_base.scored_rows(n_ctx), n_vocab))
-    w.close()
+    w.commit()
     if truncate:
         data = path.read_bytes()
         path.write_bytes(data[:-truncate])

@@ -54,7 +54,7 @@ def test_writer_reader_round_trip(tmp_path):
     chunks = [torch.randn(kl_base.scored_rows(n_ctx), n_vocab) for _ in range(n_chunk)]
     for c in chunks:
         w.write_chunk(c)
-    w.close()
+    w.commit()
     assert path.stat().st_size == kl_base.file_size(n_ctx, n_vocab, n_chunk)
     r = kl_base.BaseReader(path)
     assert (r.header.n_ctx, r.header.n_vocab, r.header.n_chunk) == (n_ctx, n_vocab, n_chunk)

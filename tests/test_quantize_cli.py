@@ -98,9 +98,10 @@ def test_help_lists_types():
     assert "--allow-requantize" in proc.stdout and "--pure" in proc.stdout
 
 
-def test_interrupt_leaves_no_file(tmp_path, fixture_gguf):
-    """SIGINT while writing: exit non-zero, no output and no temporary file left."""
-    import os
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_no_file(tmp_path, fixture_gguf, signame):
+    """SIGINT or SIGTERM while writing (the moment the temporary file appears, the riskiest one):
+    exit non-zero, no output and no temporary file left."""
     import signal
     import subprocess
     import sys
@@ -116,7 +117,7 @@ def test_interrupt_leaves_no_file(tmp_path, fixture_gguf):
         time.sleep(0.005)
     if proc.poll() is not None:
         pytest.skip("finished before it could be interrupted")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in err, err
