@@ -100,3 +100,25 @@ def test_position_outside_context_is_an_error(tiny):
     engine = Engine(tiny[1], n_ctx=8, dtype="f32", threads=1)
     with pytest.raises(LlamatorchError, match="outside the context"):
         engine.decode(Batch.sequence(_tokens(9)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (1, 640), (3, 1, 64)])
+def test_rms_norm_matches_ggml(shape):
+    """common.rms_norm (one-row decode path and the F.rms_norm path) against ggml's recipe in float64
+    statistics: sum of squares in double, scale = 1/sqrt(mean + eps) in float, x * scale, then * w."""
+    import numpy as np
+
+    from llamatorch.core.models.common import rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 3
+    w = torch.randn(shape[-1], generator=g)
+    eps = 1e-6
+    xs = x.reshape(-1, shape[-1]).numpy()
+    mean = (xs.astype(np.float64) ** 2).sum(-1, keepdims=True) / shape[-1]
+    scale = (np.float32(1) / np.sqrt(mean.astype(np.float32) + np.float32(eps))).astype(np.float32)
+    want = (xs * scale).astype(np.float32) * w.numpy()
+    got = rms_norm(x, w, eps).reshape(-1, shape[-1]).numpy()
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    assert rms_norm(x, w, eps).dtype == torch.float32
+    assert rms_norm(x.bfloat16(), w, eps).dtype == torch.bfloat16

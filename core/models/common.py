@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -47,8 +48,22 @@ class Step:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32 (as ggml does), returned in x's dtype. One fused kernel for f32 x."""
+    """RMSNorm with float32 statistics (as ggml computes it), returned in x's dtype."""
+    if x.device.type == "cuda" or x.dtype == torch.float32:
+        if x.device.type == "cpu" and x.numel() == x.shape[-1]:
+            return _rms_norm_row(x, weight, eps)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # CUDA's kernel accumulates in float32
     return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
+
+
+def _rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """One float32 row on the CPU (a decode step): the statistic as a Python float, then two
+    multiplications, as ggml computes it (x * scale, then * weight).  F.rms_norm runs seven small
+    kernels here; CPU decoding calls this twice per layer, where each kernel is ~1 us of overhead."""
+    flat = x.view(-1)
+    scale = 1.0 / math.sqrt(torch.dot(flat, flat).item() / flat.numel() + eps)
+    out = torch.mul(x, scale)
+    return out if weight is None else out.mul_(weight)
 
 
 def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

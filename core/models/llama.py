@@ -149,13 +149,13 @@ class LlamaModel:
         cis = self.rope_cis[step.positions][:, :, None]  # [B, T, 1, hd/2]
         for il, L in enumerate(self.layers):
             attn_norm, ffn_norm = self.norm_weights[il]
-            h = F.rms_norm(x, (D,), attn_norm, eps).to(dt)
+            h = rms_norm(x, attn_norm, eps).to(dt)
             qkv = L.qkv(h)
             # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
             qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
             x = x + L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
-            h = F.rms_norm(x, (D,), ffn_norm, eps).to(dt)
+            h = rms_norm(x, ffn_norm, eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))
             x = x + L.down(F.silu(g) * u)
         return self.head(x, out_index, hidden)
