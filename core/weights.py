@@ -91,10 +91,11 @@ def decode_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.devic
     return QuantMatrix.from_refs(refs, device)
 
 
-def _int4_mm(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, scale_zero)
-    return torch.ops.aten._weight_int4pack_mm(x, packed, INT4_GROUP, scale_zero)
+def _int4_kernel(device: torch.device):
+    """tinygemm's few-row int4 product for the device (the overload itself: no lookup per call)."""
+    if device.type == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu.default
+    return torch.ops.aten._weight_int4pack_mm.default
 
 
 class Linear:
@@ -115,20 +116,27 @@ class Linear:
             )
         for r in refs:
             r.release()
+        self._few_rows, self._few_rows_max = self._few_rows_product(device)
+
+    def _few_rows_product(self, device: torch.device):
+        """(kernel for a [rows, K] input, the most rows it takes), bound once: decoding calls it
+        four times per layer per token, where each microsecond of Python counts."""
+        if self.quant is not None:
+            quant = self.quant
+            return (lambda x2: quant(x2.contiguous())), QUANT_MAX_ROWS
+        if self.packed is not None:
+            op, packed, scale_zero = _int4_kernel(device), self.packed, self.scale_zero
+            return (lambda x2: op(x2, packed, INT4_GROUP, scale_zero)), INT4_MAX_ROWS
+        return None, -1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quant is not None:
-            rows = x.numel() // x.shape[-1]
-            if rows <= QUANT_MAX_ROWS:
-                y = self.quant(x.reshape(rows, x.shape[-1]).contiguous())
-                return y.reshape(*x.shape[:-1], self.out_features)
-        if self.packed is not None:
-            rows = x.numel() // x.shape[-1]
-            if rows <= INT4_MAX_ROWS:
-                y = _int4_mm(x.reshape(rows, x.shape[-1]), self.packed, self.scale_zero)
-                return y.reshape(*x.shape[:-1], self.out_features)
-            if self.prefill is not None:  # many rows on the CPU: the bf16 matrix rebuilt from the pack
-                return torch.matmul(x, self.prefill.weight_t())
+        shape = x.shape
+        rows = x.numel() // shape[-1]
+        if rows <= self._few_rows_max:
+            y = self._few_rows(x.reshape(rows, shape[-1]))
+            return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
+        if self.prefill is not None:  # many rows on the CPU: the bf16 matrix rebuilt from the pack
+            return torch.matmul(x, self.prefill.weight_t())
         return F.linear(x, self.dense)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear
 
 _CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
+_INT8_MM = torch.ops.aten._weight_int8pack_mm.default  # looked up once: decoding calls it per layer
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,11 +41,12 @@ class Int8Linear:
         self.q, self.scale = quantize_rows(dense)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
+        shape = x.shape
+        rows = x.numel() // shape[-1]
         if rows > INT4_MAX_ROWS:
             return F.linear(x, self.dense)
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, x.shape[-1]), self.q, self.scale)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = _INT8_MM(x.reshape(rows, shape[-1]), self.q, self.scale)
+        return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch.split(y, self.splits, dim=-1)
