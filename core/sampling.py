@@ -52,8 +52,8 @@ class Sampler:
         if not self.recent or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0):
             return logits
         counts = Counter(self.recent)
-        ids = torch.tensor(list(counts), dtype=torch.int64)
-        cnt = torch.tensor(list(counts.values()), dtype=torch.float32)
+        ids = torch.tensor(list(counts), dtype=torch.int64, device=logits.device)
+        cnt = torch.tensor(list(counts.values()), dtype=torch.float32, device=logits.device)
         sel = logits[ids]
         sel = torch.where(sel <= 0, sel * p.repeat_penalty, sel / p.repeat_penalty)
         sel = sel - cnt * p.frequency_penalty - p.presence_penalty
@@ -62,13 +62,17 @@ class Sampler:
         return logits
 
     def sample(self, logits: torch.Tensor) -> int:
-        """logits: [n_vocab] float32 (any device). Returns the drawn token id."""
+        """logits: [n_vocab] float32 (any device). Returns the drawn token id.
+
+        The vocabulary-wide stages (penalties, greedy argmax, top-k) run where the logits are; only
+        the k candidates come to the host (on a GPU, 40 values instead of the whole vocabulary)."""
         p = self.p
-        logits = self._penalize(logits.float().cpu())
+        logits = self._penalize(logits.float())
         if p.temp <= 0:
             return int(torch.argmax(logits))
         k = p.top_k if 0 < p.top_k < logits.numel() else logits.numel()
         vals, ids = torch.topk(logits, k)  # sorted, descending
+        vals, ids = vals.cpu(), ids.cpu()
         keep = max(p.min_keep, 1)
         if p.typical_p < 1.0:
             vals, ids = _typical(vals, ids, p.typical_p, keep)

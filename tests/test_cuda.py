@@ -101,3 +101,26 @@ def test_cuda_long_context_decode(tiny_q4):
     assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
     if kernels.available(gpu.device):
         assert (1, FUSED_LONG) in gpu._graphs
+
+
+@pytest.mark.parametrize("params", [
+    dict(temp=0.0),
+    dict(temp=0.8, seed=7),
+    dict(temp=1.0, top_k=0, top_p=0.9, seed=3),
+    dict(temp=0.7, repeat_penalty=1.3, frequency_penalty=0.2, seed=11),
+])
+def test_sampling_on_device_logits_matches_host(params):
+    """The vocabulary-wide stages run on the GPU: same draws as from the same logits on the host."""
+    from llamatorch.core.sampling import Sampler, SamplerParams
+
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 4
+    host, dev = Sampler(SamplerParams(**params), 5000), Sampler(SamplerParams(**params), 5000)
+    for t in (5, 9, 5, 123):
+        host.accept(t)
+        dev.accept(t)
+    gpu_logits = logits.cuda()
+    for _ in range(20):
+        a, b = host.sample(logits), dev.sample(gpu_logits)
+        assert a == b
+        host.accept(a)
+        dev.accept(b)
