@@ -168,6 +168,7 @@ class Engine:
             n_visible=n_visible,
             rows_contiguous=contiguous,
             write_start=int(positions[0, 0]) if same_cells and contiguous is not None else None,
+            all_visible=bool(mask.all()),
         )
         for s, idx in seqs.items():
             self.cache.seq_len[s] = max(self.cache.seq_len[s], int(pos_all[idx].max()) + 1)

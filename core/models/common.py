@@ -33,6 +33,7 @@ class Step:
     n_visible: int
     rows_contiguous: tuple[int, int] | None  # (first, count) when rows are a plain range
     write_start: int | None = None  # with contiguous rows: every row writes cells start..start+T-1
+    all_visible: bool = False  # every query sees every cell (one sequence's decode): no mask needed
     _biases: dict = field(default_factory=dict, repr=False)  # additive masks, built once per forward
 
     def attention_bias(self, mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
@@ -132,7 +133,10 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
     # stacked along the query axis, so one plain SDPA call (with an additive mask, which the fused
     # kernels accept) serves them all.
     qg = q.reshape(B, H // group, group * T, D)
-    bias = step.attention_bias(step.mask if mask is None else mask, group, q.dtype)
+    if mask is None and step.all_visible:
+        bias = None  # SDPA without a mask to read: ~3 us less per layer of a CPU decode step
+    else:
+        bias = step.attention_bias(step.mask if mask is None else mask, group, q.dtype)
     # (on the H100, SDPA's default choice here, cuDNN, beat the efficient and math kernels)
     out = F.scaled_dot_product_attention(qg, keys.to(q.dtype), values.to(q.dtype), attn_mask=bias, scale=scale)
     return out.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
