@@ -27,6 +27,7 @@ import torch
 
 from .atomic_file import AtomicFile
 from .errors import LlamatorchError
+from .perplexity import row_block  # ~16 MB slices: temporaries stay in cache
 
 MAGIC = b"_logits_"
 HEADER_BYTES = 8 + 4 + 4 + 4
@@ -107,7 +108,7 @@ class BaseWriter:
         """logits: [n_ctx - 1 - n_ctx/2, n_vocab] of one chunk's scored positions."""
         if logits.shape[0] != scored_rows(self.header.n_ctx):
             raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {logits.shape[0]}")
-        step = max(1, (1 << 22) // logits.shape[1])  # ~16 MB slices: temporaries stay in cache
+        step = row_block(logits.shape[1])
         for i in range(0, logits.shape[0], step):
             self.out.write(pack_log_probs(logits[i : i + step]).astype("<u2", copy=False).tobytes())
 

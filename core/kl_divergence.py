@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .kl_base import unpack_log_probs
+from .perplexity import row_block
 
 TABLE_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
                 "              Δp RMS            Same top p")
@@ -80,8 +81,6 @@ class KLStats:
 
     def add_chunk(self, logits: torch.Tensor, base_rows: np.ndarray, targets: np.ndarray) -> None:
         """logits: [n, n_vocab] float32 of the evaluated model; base_rows: [n, nv] packed uint16."""
-        from .perplexity import row_block
-
         step = row_block(logits.shape[1])
         for i in range(0, logits.shape[0], step):  # slices keep the [rows, n_vocab] temporaries in cache
             self._add_rows(logits[i : i + step], base_rows[i : i + step], targets[i : i + step])

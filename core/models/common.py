@@ -50,10 +50,10 @@ class Step:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with float32 statistics (as ggml computes it), returned in x's dtype."""
-    if x.device.type == "cuda" or x.dtype == torch.float32:
-        if x.device.type == "cpu" and x.numel() == x.shape[-1]:
-            return _rms_norm_row(x, weight, eps)
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # CUDA's kernel accumulates in float32
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
+        return _rms_norm_row(x, weight, eps)
+    if x.dtype == torch.float32 or x.device.type == "cuda":  # (CUDA upcasts bf16/f16 inside)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
 
 
