@@ -126,7 +126,7 @@ class Linear:
             return (lambda x2: quant(x2.contiguous())), QUANT_MAX_ROWS
         if self.packed is not None:
             op, packed, scale_zero = _int4_kernel(device), self.packed, self.scale_zero
-            return (lambda x2: op(x2, packed, INT4_GROUP, scale_zero)), INT4_MAX_ROWS
+            return (lambda x2: op(x2.contiguous(), packed, INT4_GROUP, scale_zero)), INT4_MAX_ROWS
         return None, -1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,18 @@ class Step:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with float32 statistics (as ggml computes it), returned in x's dtype."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
-        return _rms_norm_row(x, weight, eps)
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return _rms_norm_row(x, weight, eps) if x.numel() == x.shape[-1] else _rms_norm_rows(x, weight, eps)
     if x.dtype == torch.float32 or x.device.type == "cuda":  # (CUDA upcasts bf16/f16 inside)
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
+
+
+def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Many float32 rows on the CPU: F.rms_norm's own steps (same results, bit for bit) as four plain
+    kernels.  F.rms_norm took 0.1-0.7 ms on a [512, 576] batch here against ~0.05 ms for these."""
+    out = torch.mul(x, x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_())
+    return out if weight is None else out.mul_(weight)
 
 
 def _rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

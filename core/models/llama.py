@@ -154,10 +154,10 @@ class LlamaModel:
             # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
             qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-            x = x + L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
+            x += L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
             h = rms_norm(x, ffn_norm, eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))
-            x = x + L.down(F.silu(g) * u)
+            x += L.down(F.silu(g, inplace=True).mul_(u))
         return self.head(x, out_index, hidden)
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
