@@ -74,6 +74,15 @@ def _rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return out if weight is None else out.mul_(weight)
 
 
+def keep_rows(t: torch.Tensor, out_index: torch.Tensor) -> torch.Tensor:
+    """The flattened rows out_index of t [..., C] -> [n_out, C].
+
+    The last layer's output is read only at the rows whose logits are asked for, so (as llama.cpp
+    does) the models drop the other rows after the last attention: the last feed-forward block runs
+    on one row instead of 512 when a prompt is evaluated.  Keys and values still cover every row."""
+    return t.reshape(-1, t.shape[-1])[out_index]
+
+
 def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of theta = pos * base^(-2i/n_rot) for i < n_rot/2: two [n_pos, n_rot/2] float32 tables."""
     inv_freq = 1.0 / (base ** (torch.arange(0, n_rot, 2, dtype=torch.int64, device=device).float() / n_rot))

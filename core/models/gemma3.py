@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..gguf_file import GGUFFile
-from .common import Step, rms_norm, rope_tables
+from .common import Step, keep_rows, rms_norm, rope_tables
 from .llama import check_shape
 from .qwen import QwenLayer, QwenModel
 
@@ -95,9 +95,12 @@ class Gemma3Model(QwenModel):
     def activation(self, g: torch.Tensor) -> torch.Tensor:
         return F.gelu(g, approximate="tanh")
 
-    def block(self, il: int, L: Gemma3Layer, x: torch.Tensor, cache, step: Step, inputs: tuple) -> torch.Tensor:
+    def block(self, il: int, L: Gemma3Layer, x: torch.Tensor, cache, step: Step, inputs: tuple,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
         eps, dt = self.params.rms_eps, self.dtype  # x: float32 residual stream; post-norms in float32 too
         h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        if keep is not None:  # the last layer: only the asked-for rows go on (keep_rows)
+            x, h = keep_rows(x, keep), keep_rows(h, keep)
         x = x + rms_norm(h.float(), L.post_attn_norm, eps)
         h = self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
         return x + rms_norm(h.float(), L.post_ffn_norm, eps)

@@ -18,7 +18,7 @@ from ..gguf_file import GGUFFile
 from ..memory import trim_heap
 from ..weights import Linear, TensorRef, decode_matrix
 from .outputs import tied_output
-from .common import Step, attend, rms_norm, rope_pairs, rope_tables
+from .common import Step, attend, keep_rows, rms_norm, rope_pairs, rope_tables
 
 
 REUSED_LOGITS_BYTES = 256 << 20  # CPU logits at least this large go into a reused buffer (head)
@@ -154,7 +154,10 @@ class LlamaModel:
             # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
             qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-            x += L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale))
+            a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale)
+            if il == p.n_layer - 1 and out_index is not None:  # only the asked-for rows go on (see keep_rows)
+                x, a, out_index = keep_rows(x, out_index), keep_rows(a, out_index), None
+            x += L.wo(a)
             h = rms_norm(x, ffn_norm, eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))
             x += L.down(F.silu(g, inplace=True).mul_(u))

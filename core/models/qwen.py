@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..gguf_file import GGUFFile
-from .common import Step, apply_rope, attend, rms_norm
+from .common import Step, apply_rope, attend, keep_rows, rms_norm
 from ..weights import Linear
 from .llama import LlamaLayer, LlamaModel, check_shape
 from .outputs import Int4TopOutput, for_decode, int8_wanted
@@ -106,17 +106,23 @@ class QwenModel(LlamaModel):
         g, u = L.gate_up.split(L.gate_up(h))
         return L.down(self.activation(g) * u)
 
-    def block(self, il: int, L: QwenLayer, x: torch.Tensor, cache, step: Step, inputs: tuple) -> torch.Tensor:
+    def block(self, il: int, L: QwenLayer, x: torch.Tensor, cache, step: Step, inputs: tuple,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer; with `keep` (the last layer), only those flattened rows leave it (keep_rows)."""
         eps, dt = self.params.rms_eps, self.dtype
-        x = x + self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        if keep is not None:
+            x, h = keep_rows(x, keep), keep_rows(h, keep)
+        x = x + h
         return x + self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
 
     # ---- the graph -----------------------------------------------------------------------------
     def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
         x = self.embed(step.tokens)
+        last = len(self.layers) - 1
         for il, (L, inputs) in enumerate(zip(self.layers, self.layer_inputs(step))):
-            x = self.block(il, L, x, cache, step, inputs)
-        return self.head(x, out_index, hidden)
+            x = self.block(il, L, x, cache, step, inputs, out_index if il == last else None)
+        return self.head(x, None, hidden)
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
         out = super().head(x, out_index, hidden)
