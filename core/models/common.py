@@ -120,11 +120,13 @@ def rope_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
 
 
-def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None, start: int = 0) -> torch.Tensor:
+def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=None, start: int = 0,
+           query_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Write k/v ([B, Hkv, T, D]) into the cache, attend q ([B, H, T, D]) over the visible cells.
 
     `start` skips cells no query can see (sliding windows); a given `mask` then covers cells start..S-1.
-    Returns [B, T, H*D].
+    Returns [B, T, H*D]; with `query_rows` (flattened query indices: the last layer, see keep_rows) only
+    those queries attend, and the result is [len(rows), H*D].
     """
     kc, vc = cache.k[layer], cache.v[layer]
     if step.write_start is not None:  # slice copies: cheaper than index_put (decode pays it per layer)
@@ -142,17 +144,29 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
     else:
         keys, values = kc[step.rows, :, start:S], vc[step.rows, :, start:S]
     B, H, T, D = q.shape
+    if query_rows is not None:
+        mask = step.mask if mask is None else mask
+        b, t = query_rows // T, query_rows % T
+        q, keys, values, mask = q[b, :, t, None], keys[b], values[b], mask[b, :, t, None]
+        return _sdpa_grouped(q, keys, values, step.attention_bias(mask, H // keys.shape[1], q.dtype), scale)[:, 0]
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T > PREFILL_MIN_ROWS:
         return prefill_attention(q, keys, values, step.mask if mask is None else mask, scale, step._biases)
-    group = H // keys.shape[1]
-    # Grouped-query attention without copying K/V: the `group` query heads that share a KV head are
-    # stacked along the query axis, so one plain SDPA call (with an additive mask, which the fused
-    # kernels accept) serves them all.
-    qg = q.reshape(B, H // group, group * T, D)
     if mask is None and step.all_visible:
         bias = None  # SDPA without a mask to read: ~3 us less per layer of a CPU decode step
     else:
-        bias = step.attention_bias(step.mask if mask is None else mask, group, q.dtype)
+        bias = step.attention_bias(step.mask if mask is None else mask, H // keys.shape[1], q.dtype)
+    return _sdpa_grouped(q, keys, values, bias, scale)
+
+
+def _sdpa_grouped(q, keys, values, bias, scale: float) -> torch.Tensor:
+    """q [B, H, T, D] over keys/values [B, Hkv, S, D] with an additive bias from Step.attention_bias
+    (or None) -> [B, T, H*D].
+
+    Grouped-query attention without copying K/V: the query heads that share a KV head are stacked
+    along the query axis, so one plain SDPA call (with an additive mask, which the fused kernels
+    accept) serves them all."""
+    B, H, T, D = q.shape
+    qg = q.reshape(B, keys.shape[1], H // keys.shape[1] * T, D)
     # (on the H100, SDPA's default choice here, cuDNN, beat the efficient and math kernels)
     out = F.scaled_dot_product_attention(qg, keys.to(q.dtype), values.to(q.dtype), attn_mask=bias, scale=scale)
     return out.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)

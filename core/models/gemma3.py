@@ -98,9 +98,9 @@ class Gemma3Model(QwenModel):
     def block(self, il: int, L: Gemma3Layer, x: torch.Tensor, cache, step: Step, inputs: tuple,
               keep: torch.Tensor | None = None) -> torch.Tensor:
         eps, dt = self.params.rms_eps, self.dtype  # x: float32 residual stream; post-norms in float32 too
-        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs, query_rows=keep)
         if keep is not None:  # the last layer: only the asked-for rows go on (keep_rows)
-            x, h = keep_rows(x, keep), keep_rows(h, keep)
+            x = keep_rows(x, keep)
         x = x + rms_norm(h.float(), L.post_attn_norm, eps)
         h = self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
         return x + rms_norm(h.float(), L.post_ffn_norm, eps)

@@ -154,9 +154,11 @@ class LlamaModel:
             # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
             qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-            a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale)
             if il == p.n_layer - 1 and out_index is not None:  # only the asked-for rows go on (see keep_rows)
-                x, a, out_index = keep_rows(x, out_index), keep_rows(a, out_index), None
+                a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale, query_rows=out_index)
+                x, out_index = keep_rows(x, out_index), None
+            else:
+                a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale)
             x += L.wo(a)
             h = rms_norm(x, ffn_norm, eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))

@@ -85,7 +85,8 @@ class QwenModel(LlamaModel):
         return [(cos, sin, None, 0)] * len(self.layers)
 
     def attention(self, L: QwenLayer, il: int, h: torch.Tensor, cache, step: Step, cos, sin, mask,
-                  start: int = 0) -> torch.Tensor:
+                  start: int = 0, query_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention and its output matrix; with query_rows, only those flattened rows (see attend)."""
         p = self.params
         B, T, _ = h.shape
         H, HKV, hd = p.n_head, p.n_head_kv, p.head_dim
@@ -97,7 +98,7 @@ class QwenModel(LlamaModel):
             qk = (F.rms_norm(qk.float(), (hd,), None, p.rms_eps) * L.qk_norm).to(h.dtype)
         qk = apply_rope(qk.transpose(1, 2), cos, sin, neox=True)  # [B, H + HKV, T, hd]
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask, start))
+        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask, start, query_rows))
 
     def activation(self, g: torch.Tensor) -> torch.Tensor:
         return F.silu(g)
@@ -110,9 +111,9 @@ class QwenModel(LlamaModel):
               keep: torch.Tensor | None = None) -> torch.Tensor:
         """One layer; with `keep` (the last layer), only those flattened rows leave it (keep_rows)."""
         eps, dt = self.params.rms_eps, self.dtype
-        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs)
+        h = self.attention(L, il, rms_norm(x, L.attn_norm, eps).to(dt), cache, step, *inputs, query_rows=keep)
         if keep is not None:
-            x, h = keep_rows(x, keep), keep_rows(h, keep)
+            x = keep_rows(x, keep)
         x = x + h
         return x + self.ffn(L, rms_norm(x, L.ffn_norm, eps).to(dt))
 
