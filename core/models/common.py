@@ -99,10 +99,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
     """
     n_rot = cos.shape[-1] * 2
     xr, xpass = x[..., :n_rot], x[..., n_rot:]
-    if neox:
+    if neox:  # written into one float32 buffer: two passes per half, no concatenations
+        h = n_rot // 2
         xf = xr.float()
-        x0, x1 = xf[..., : n_rot // 2], xf[..., n_rot // 2 :]
-        out = torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+        x0, x1 = xf[..., :h], xf[..., h:]
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        torch.mul(x0, cos, out=out[..., :h]).addcmul_(x1, sin, value=-1)
+        torch.mul(x0, sin, out=out[..., h:n_rot]).addcmul_(x1, cos)
+        if xpass.shape[-1]:
+            out[..., n_rot:] = xpass
+        return out.to(x.dtype)
     else:
         # adjacent pairs are complex numbers: one complex product rotates them all (few kernels)
         pairs = torch.view_as_complex(xr.float().contiguous().unflatten(-1, (n_rot // 2, 2)))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..gguf_file import GGUFFile
 from .common import Step, keep_rows, rms_norm, rope_tables
@@ -92,8 +91,8 @@ class Gemma3Model(QwenModel):
         first = int(step.positions.masked_fill(~step.valid, step.n_visible).min())
         return max(0, first - self.n_swa + 1)
 
-    def activation(self, g: torch.Tensor) -> torch.Tensor:
-        return F.gelu(g, approximate="tanh")
+    def activation_(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.gelu_(g, approximate="tanh")
 
     def block(self, il: int, L: Gemma3Layer, x: torch.Tensor, cache, step: Step, inputs: tuple,
               keep: torch.Tensor | None = None) -> torch.Tensor:

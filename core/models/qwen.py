@@ -95,17 +95,18 @@ class QwenModel(LlamaModel):
             y = y + L.qkv_bias
         qk = y[..., : (H + HKV) * hd].view(B, T, H + HKV, hd)  # Q and K heads side by side: few kernels
         if L.qk_norm is not None:
-            qk = (F.rms_norm(qk.float(), (hd,), None, p.rms_eps) * L.qk_norm).to(h.dtype)
+            qk = rms_norm(qk.float(), None, p.rms_eps).mul_(L.qk_norm).to(h.dtype)  # (a weight per head)
         qk = apply_rope(qk.transpose(1, 2), cos, sin, neox=True)  # [B, H + HKV, T, hd]
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
         return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, self.attn_scale, mask, start, query_rows))
 
-    def activation(self, g: torch.Tensor) -> torch.Tensor:
-        return F.silu(g)
+    def activation_(self, g: torch.Tensor) -> torch.Tensor:
+        """The gate's activation, in place (g is a slice of gate_up's fresh output)."""
+        return F.silu(g, inplace=True)
 
     def ffn(self, L: QwenLayer, h: torch.Tensor) -> torch.Tensor:
         g, u = L.gate_up.split(L.gate_up(h))
-        return L.down(self.activation(g) * u)
+        return L.down(self.activation_(g).mul_(u))
 
     def block(self, il: int, L: QwenLayer, x: torch.Tensor, cache, step: Step, inputs: tuple,
               keep: torch.Tensor | None = None) -> torch.Tensor:
