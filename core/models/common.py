@@ -78,8 +78,9 @@ def keep_rows(t: torch.Tensor, out_index: torch.Tensor) -> torch.Tensor:
     """The flattened rows out_index of t [..., C] -> [n_out, C].
 
     The last layer's output is read only at the rows whose logits are asked for, so (as llama.cpp
-    does) the models drop the other rows after the last attention: the last feed-forward block runs
-    on one row instead of 512 when a prompt is evaluated.  Keys and values still cover every row."""
+    does) the models drop the other rows in the last layer: its output matrix and feed-forward block
+    run on one row instead of 512 when a prompt is evaluated, and (attend's query_rows) so does its
+    attention when each sequence asks for few rows.  Keys and values still cover every row."""
     return t.reshape(-1, t.shape[-1])[out_index]
 
 
@@ -132,7 +133,7 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
 
     `start` skips cells no query can see (sliding windows); a given `mask` then covers cells start..S-1.
     Returns [B, T, H*D]; with `query_rows` (flattened query indices: the last layer, see keep_rows) only
-    those queries attend, and the result is [len(rows), H*D].
+    those rows come out, [len(query_rows), H*D].
     """
     kc, vc = cache.k[layer], cache.v[layer]
     if step.write_start is not None:  # slice copies: cheaper than index_put (decode pays it per layer)
@@ -149,12 +150,21 @@ def attend(q, k, v, cache: KVCache, layer: int, step: Step, scale: float, mask=N
         keys, values = kc[first : first + count, :, start:S], vc[first : first + count, :, start:S]
     else:
         keys, values = kc[step.rows, :, start:S], vc[step.rows, :, start:S]
+    if query_rows is None:
+        return _attend_all(q, keys, values, step, scale, mask)
     B, H, T, D = q.shape
-    if query_rows is not None:
-        mask = step.mask if mask is None else mask
-        b, t = query_rows // T, query_rows % T
-        q, keys, values, mask = q[b, :, t, None], keys[b], values[b], mask[b, :, t, None]
-        return _sdpa_grouped(q, keys, values, step.attention_bias(mask, H // keys.shape[1], q.dtype), scale)[:, 0]
+    if query_rows.numel() > B:  # many rows (perplexity's second halves): gathering K/V per row would cost more
+        return keep_rows(_attend_all(q, keys, values, step, scale, mask), query_rows)
+    # a few rows (a prompt's last token per sequence): those queries alone, over their sequences' cells
+    mask = step.mask if mask is None else mask
+    b, t = query_rows // T, query_rows % T
+    q, keys, values, mask = q[b, :, t, None], keys[b], values[b], mask[b, :, t, None]
+    return _sdpa_grouped(q, keys, values, step.attention_bias(mask, H // keys.shape[1], q.dtype), scale)[:, 0]
+
+
+def _attend_all(q, keys, values, step: Step, scale: float, mask=None) -> torch.Tensor:
+    """Every query of q [B, H, T, D] over keys/values [B, Hkv, S, D] -> [B, T, H*D]."""
+    B, H, T, D = q.shape
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T > PREFILL_MIN_ROWS:
         return prefill_attention(q, keys, values, step.mask if mask is None else mask, scale, step._biases)
     if mask is None and step.all_visible:
