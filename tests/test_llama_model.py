@@ -93,6 +93,31 @@ def test_bf16_fast_path_close_to_f32(tiny):
     fast = Engine(path, n_ctx=64, dtype="bf16", threads=1).decode(Batch.sequence(toks, all_logits=True))
     assert (fast - exact).abs().max().item() < 0.05 * exact.abs().max().item()
 
+@pytest.mark.parametrize("dtype,tol", [("f32", 1e-5), ("bf16", 0.05)])
+@pytest.mark.parametrize("wanted", [[19, 39], [1, 2], [0, 1, 2, 11, 20, 25, 38], list(range(40))])  # rows of 2 x 20
+def test_last_layer_keeps_only_the_asked_for_rows(tiny, dtype, tol, wanted):
+    """The last layer runs on the rows whose logits are asked for (few: those queries alone; many: all
+    queries, then the rows): the same logits as every row's, and the cache still serves what follows."""
+    model, path = tiny
+    seqs = [_tokens(20, seed=11), _tokens(20, seed=12)]  # 20 > PREFILL_MIN_ROWS: bf16 takes the prefill path
+
+    def run(rows):
+        engine = Engine(path, n_ctx=64, n_seq=2, dtype=dtype, threads=1)
+        batch = Batch()
+        for s, toks in enumerate(seqs):
+            for i, t in enumerate(toks):
+                batch.add(t, i, seq=s, logits=s * 20 + i in rows)
+        out = engine.decode(batch).clone()
+        nxt = engine.decode(Batch([5, 6], [20, 20], [0, 1], [True, True]))  # a step after: every layer's cache
+        return out, nxt
+
+    every, every_next = run(set(range(40)))
+    some, some_next = run(set(wanted))
+    scale = every.abs().max().item()
+    assert (some - every[wanted]).abs().max().item() <= tol * scale
+    assert (some_next - every_next).abs().max().item() <= tol * scale
+
+
 
 def test_position_outside_context_is_an_error(tiny):
     from llamatorch.core.errors import LlamatorchError
