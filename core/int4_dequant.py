@@ -90,13 +90,18 @@ class Int4Dequant:
         The pack is read through a transposed view, so the nibbles land in [K, N] order at once (the
         strided reads are of 1-byte values); then one q * scale + offset pass and one cast to bf16,
         both over contiguous memory - half the time of transposing the float32 values at the end."""
-        nb, k, n = self.packed.shape[0], self.k, self.n
+        return self.columns(0, self.n)
+
+    def columns(self, n0: int, n1: int) -> torch.Tensor:
+        """Columns n0..n1-1 of W^T (multiples of BLOCK_N) as bf16 [K, n1 - n0] in the shared scratch."""
+        b0, b1 = n0 // BLOCK_N, n1 // BLOCK_N
+        nb, k, n = b1 - b0, self.k, n1 - n0
         f32, out = _SCRATCH.get(k * n)
         w = f32.view(k, nb, 2, BLOCK_N // 2)  # column n = 64 * block + 32 * (high nibble) + j
-        by_k = self.packed.transpose(0, 1)  # [K, N/64, 32] bytes
+        by_k = self.packed[b0:b1].transpose(0, 1)  # [K, blocks, 32] bytes
         w[:, :, 0].copy_(by_k & 15)
         w[:, :, 1].copy_(by_k >> 4)
         g = w.view(k // GROUP, GROUP, nb, 2, BLOCK_N // 2)
-        torch.addcmul(self.offset, g, self.scale, out=g)  # ggml's q * d + m in float32
+        torch.addcmul(self.offset[:, :, b0:b1], g, self.scale[:, :, b0:b1], out=g)  # ggml's q * d + m in float32
         out.view(k, n).copy_(f32.view(k, n))  # rounded once to bf16
         return out.view(k, n)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import formats
-from .int4_dequant import Int4Dequant, usable as dequant_usable
+from .int4_dequant import BLOCK_N, Int4Dequant, usable as dequant_usable
 from .gguf_file import GGUFFile
 
 # Products with at most this many rows use the int4 kernel; more rows use the dense GEMM.
@@ -24,6 +24,9 @@ INT4_MAX_ROWS = 16
 INT4_GROUP = 32
 # On CUDA, products with at most this many rows use the Triton integer-group kernel (kernels/).
 QUANT_MAX_ROWS = 4  # a matrix-vector kernel: more rows go to the dense GEMM
+# CPU prefill rebuilds int4 matrices in column blocks of at most this many weights (4 MiB of float32
+# scratch), each multiplied right after its rebuild while it is still in cache (Linear._rebuilt_product)
+REBUILD_BUDGET = 1 << 20
 
 
 @dataclass
@@ -136,8 +139,26 @@ class Linear:
             y = self._few_rows(x.reshape(rows, shape[-1]))
             return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
         if self.prefill is not None:  # many rows on the CPU: the bf16 matrix rebuilt from the pack
-            return torch.matmul(x, self.prefill.weight_t())
+            return self._rebuilt_product(x)
         return F.linear(x, self.dense)
+
+    def _rebuilt_product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T with W^T rebuilt in bf16 from the int4 pack, one block of columns at a time.
+
+        A block's rebuild (float32 passes over its scratch) and its GEMM then share a few MiB that
+        stay in cache, where the whole gate/up matrix's 7 MiB did not: SmolLM2 prefill +4.7%."""
+        rebuild = self.prefill
+        block = max(BLOCK_N, REBUILD_BUDGET // rebuild.k // BLOCK_N * BLOCK_N)
+        if self.out_features <= block:
+            return torch.matmul(x, rebuild.weight_t())
+        n_blocks = -(-self.out_features // block)
+        step = -(-self.out_features // n_blocks // BLOCK_N) * BLOCK_N  # equal blocks, whole pack blocks
+        y = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype)
+        x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, self.out_features)
+        for n0 in range(0, self.out_features, step):
+            n1 = min(self.out_features, n0 + step)
+            torch.mm(x2, rebuild.columns(n0, n1), out=y2[:, n0:n1])
+        return y
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch.split(y, self.splits, dim=-1)
