@@ -85,15 +85,15 @@ class Int4Dequant:
         return self.scale.numel() * self.scale.element_size() + self.offset.numel() * self.offset.element_size()
 
     def weight_t(self) -> torch.Tensor:
-        """W^T as bf16 [K, N] in the shared scratch: valid until the next call of any matrix.
+        """W^T as bf16 [K, N] in the shared scratch: valid until the next call of any matrix."""
+        return self.columns(0, self.n)
+
+    def columns(self, n0: int, n1: int) -> torch.Tensor:
+        """Columns n0..n1-1 of W^T (multiples of BLOCK_N) as bf16 [K, n1 - n0] in the shared scratch.
 
         The pack is read through a transposed view, so the nibbles land in [K, N] order at once (the
         strided reads are of 1-byte values); then one q * scale + offset pass and one cast to bf16,
         both over contiguous memory - half the time of transposing the float32 values at the end."""
-        return self.columns(0, self.n)
-
-    def columns(self, n0: int, n1: int) -> torch.Tensor:
-        """Columns n0..n1-1 of W^T (multiples of BLOCK_N) as bf16 [K, n1 - n0] in the shared scratch."""
         b0, b1 = n0 // BLOCK_N, n1 // BLOCK_N
         nb, k, n = b1 - b0, self.k, n1 - n0
         f32, out = _SCRATCH.get(k * n)

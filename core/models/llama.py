@@ -154,16 +154,15 @@ class LlamaModel:
             # Q and K rotate in one call, in [B, T, heads, hd] layout; attention takes [B, heads, T, hd] views
             qk = rope_pairs(qkv[..., : (H + HKV) * hd].view(B, T, H + HKV, hd), cis).transpose(1, 2)
             v = qkv[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-            if il == p.n_layer - 1 and out_index is not None:  # only the asked-for rows go on (see keep_rows)
-                a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale, query_rows=out_index)
-                x, out_index = keep_rows(x, out_index), None
-            else:
-                a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale)
+            keep = out_index if il == p.n_layer - 1 else None  # the last layer: only the asked-for rows go on
+            a = attend(qk[:, :H], qk[:, H:], v, cache, il, step, scale, query_rows=keep)
+            if keep is not None:
+                x = keep_rows(x, keep)
             x += L.wo(a)
             h = rms_norm(x, ffn_norm, eps).to(dt)
             g, u = L.gate_up.split(L.gate_up(h))
             x += L.down(F.silu(g, inplace=True).mul_(u))
-        return self.head(x, out_index, hidden)
+        return self.head(x, None, hidden)  # (the last layer kept the out_index rows)
 
     def head(self, x: torch.Tensor, out_index: torch.Tensor | None, hidden: bool) -> torch.Tensor:
         """x: [B, T, D] -> the output norm (and output matrix) on the rows in out_index."""
