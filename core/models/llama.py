@@ -19,6 +19,7 @@ from ..memory import trim_heap
 from ..weights import Linear, TensorRef, decode_matrix
 from .outputs import tied_output
 from .common import Step, attend, keep_rows, rms_norm, rope_pairs, rope_tables
+from . import one_token
 
 
 REUSED_LOGITS_BYTES = 256 << 20  # CPU logits at least this large go into a reused buffer (head)
@@ -137,10 +138,16 @@ class LlamaModel:
         self.residual_dtype = self.dtype if self.device.type == "cuda" else torch.float32
         self.norm_weights = [(L.attn_norm.to(self.residual_dtype), L.ffn_norm.to(self.residual_dtype))
                              for L in self.layers]
+        # CPU decoding of one sequence: a path with half the PyTorch calls (plain llama graphs only:
+        # the families that subclass this one have their own forward)
+        plain = type(self).forward is LlamaModel.forward and self.layer_class is LlamaLayer
+        self.one_token = one_token.OneTokenDecode(self) if plain and one_token.supported(self) else None
 
     def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
         """Run the batch; return logits [n_out, n_vocab] (or normed hidden states [n_out, n_embd] when
         `hidden`) for the flattened token indices in out_index (None: all)."""
+        if self.one_token is not None and self.one_token.applies(step):
+            return self.one_token(step, cache, hidden)
         p = self.params
         B, T = step.tokens.shape
         x = self.tok_embd[step.tokens].to(self.residual_dtype)  # [B, T, D]
