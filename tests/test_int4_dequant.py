@@ -1,13 +1,16 @@
 """Many-row products of int4-packed matrices rebuild the bf16 matrix from the pack (core/int4_dequant.py):
 it must equal the matrix the loader used to keep (dequantized once, rounded to bf16) bit for bit."""
 
+import shutil
+import sys
+
 import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from llamatorch.core import int4_dequant
+from llamatorch.core import int4_dequant, native
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.weights import INT4_MAX_ROWS, Linear, TensorRef
 
@@ -38,9 +41,33 @@ def gguf_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(params=["native", "pytorch"])
+def rebuild_path(request, monkeypatch):
+    """Rebuilds by the native kernel (where it is built) or by PyTorch passes."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler: the native kernels cannot be built here")
+    return request.param
+
+
+def test_native_kernels_build_where_a_compiler_is():
+    if sys.platform == "linux" and (shutil.which("cc") or shutil.which("gcc")):
+        assert native.library() is not None
+
+
+def test_native_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("LLAMATORCH_NATIVE", "0")
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+    finally:
+        native.library.cache_clear()
+
+
 @pytest.mark.skipif(not int4_dequant.layout_ok(), reason="this PyTorch build packs int4 weights differently")
 @pytest.mark.parametrize("qtype", list(SCALE_OFFSETS), ids=lambda t: t.name)
-def test_rebuilt_matrix_equals_dequantized_copy(gguf_path, qtype):
+def test_rebuilt_matrix_equals_dequantized_copy(gguf_path, qtype, rebuild_path):
     f = GGUFFile(gguf_path)
     names = [f"{qtype.name}.a", f"{qtype.name}.b"]  # two matrices fused along the output dimension
     dense = torch.cat([TensorRef(f, n).dequantize(dtype=torch.bfloat16) for n in names])
@@ -71,7 +98,7 @@ def test_layout_probe_decodes_the_pack():
 @pytest.mark.skipif(not int4_dequant.layout_ok(), reason="this PyTorch build packs int4 weights differently")
 @pytest.mark.parametrize("qtype", list(SCALE_OFFSETS), ids=lambda t: t.name)
 @pytest.mark.parametrize("budget", [256 * 64, 256 * 128])  # blocks of 64 and 128 columns (the last one short)
-def test_product_by_column_blocks(gguf_path, qtype, budget, monkeypatch):
+def test_product_by_column_blocks(gguf_path, qtype, budget, monkeypatch, rebuild_path):
     """Wide matrices are rebuilt and multiplied a block of columns at a time: same product as the whole."""
     from llamatorch.core import weights
 

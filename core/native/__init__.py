@@ -1,0 +1,89 @@
+"""Small C kernels for the CPU, built with the system C compiler on first use and loaded with ctypes.
+
+Some hot CPU passes have no single PyTorch kernel: rebuilding a bf16 matrix from the int4 pack takes five
+PyTorch passes over a float32 scratch.  These kernels are plain C over raw pointers (no PyTorch headers,
+so a build takes about a second), compiled with -march=native for the machine at hand and cached under
+<cache>/native/, keyed by the source, the flags and the CPU.  Without a compiler, or when the build
+fails, `library()` returns None and callers keep their PyTorch paths; LLAMATORCH_NATIVE=0 forces that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCES = ["int4_rebuild.c"]
+# no fused multiply-add: the kernels reproduce PyTorch's separate multiply and add bit for bit
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(target: Path, compiler: str) -> bool:
+    here = Path(__file__).parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *FLAGS, "-o", tmp, *(str(here / s) for s in SOURCES)],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            print(f"llamatorch: native kernels not built ({compiler}): {proc.stderr.strip()[:300]}", file=sys.stderr)
+            return False
+        os.replace(tmp, target)  # complete files only: another process may load it at once
+        return True
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"llamatorch: native kernels not built: {exc}", file=sys.stderr)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The kernels' shared library (built on first use), or None where they cannot be had."""
+    if os.environ.get("LLAMATORCH_NATIVE", "1") == "0" or sys.platform != "linux":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    from ..hub import cache_dir
+
+    here = Path(__file__).parent
+    key = hashlib.sha256()
+    for s in SOURCES:
+        key.update((here / s).read_bytes())
+    key.update(" ".join([compiler, *FLAGS, _cpu_signature()]).encode())
+    target = cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
+    if not target.exists() and not _build(target, compiler):
+        return None
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        print(f"llamatorch: native kernels not loaded: {exc}", file=sys.stderr)
+        return None
+    _declare(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.int4_rebuild_columns.restype = i32
+    lib.int4_rebuild_columns.argtypes = [p, p, i32, p, i32, i64, i64, i64, i64, p]
