@@ -5,7 +5,23 @@ import math
 import pytest
 import torch
 
+from llamatorch.core import native
 from llamatorch.core.models import prefill_attention as pa
+
+
+def _native_attention_built() -> bool:
+    lib = native.library()
+    return lib is not None and bool(lib.attention_supported())
+
+
+@pytest.fixture(autouse=True, params=["native", "pytorch"])
+def attention_path(request, monkeypatch):
+    """Every test runs on the native kernel (where this machine builds it) and on the PyTorch passes."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(native, "attention", lambda *a: None)
+    elif not _native_attention_built():
+        pytest.skip("no native attention kernel here (no compiler or no AVX-512 bf16)")
+    return request.param
 
 
 def _reference(q, k, v, mask, scale):
@@ -26,7 +42,7 @@ def _inputs(B, H, hkv, T, S, D, seed=0):
     return q, k, v
 
 
-@pytest.mark.parametrize("B,H,hkv,T,D", [(1, 9, 3, 200, 64), (1, 4, 1, 100, 256), (3, 4, 2, 64, 32)])
+@pytest.mark.parametrize("B,H,hkv,T,D", [(1, 9, 3, 200, 64), (1, 4, 1, 100, 256), (3, 4, 2, 64, 32), (2, 8, 2, 77, 128)])
 @pytest.mark.parametrize("budget", [1 << 21, 1 << 12])  # one chunk, and many (causal skipping)
 def test_matches_float64_attention(B, H, hkv, T, D, budget, monkeypatch):
     monkeypatch.setattr(pa, "SCORE_BUDGET", budget)
@@ -41,8 +57,9 @@ def test_matches_float64_attention(B, H, hkv, T, D, budget, monkeypatch):
     assert err.max() < 0.03 and err.pow(2).mean().sqrt() < 2e-3
 
 
-def test_sliding_window_and_padding_rows():
-    B, H, hkv, T, D, window = 2, 4, 1, 48, 64, 20
+@pytest.mark.parametrize("T", [48, 200])  # 200: whole blocks of cells before a window are skipped
+def test_sliding_window_and_padding_rows(T):
+    B, H, hkv, D, window = 2, 4, 1, 64, 20
     q, k, v = _inputs(B, H, hkv, T, T, D, seed=1)
     pos = torch.arange(T)[None].expand(B, T)
     cells = torch.arange(T)
@@ -69,3 +86,12 @@ def test_keeps_precision_of_large_scores():
     one_gemm = torch.softmax((q @ k.transpose(-1, -2) * D**-0.5).masked_fill(~mask, -math.inf), -1) @ v
     one_gemm = one_gemm.transpose(1, 2).reshape(B, T, -1)
     assert (out.double() - ref).pow(2).mean() < (one_gemm.double() - ref).pow(2).mean()
+
+
+def test_native_kernel_serves_where_built(attention_path):
+    q, k, v = _inputs(1, 4, 2, 40, 40, 64)
+    mask = torch.ones(40, 40, dtype=torch.bool).tril()[None, None]
+    out = native.attention(q, k, v, mask, 0.125)
+    assert (out is not None) == (attention_path == "native")
+    assert native.attention(q.float(), k.float(), v.float(), mask, 0.125) is None  # bf16 only
+    assert native.attention(q[..., :48], k[..., :48], v[..., :48], mask, 0.125) is None  # head size % 32

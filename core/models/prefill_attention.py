@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from .. import native
+
 SCORE_BUDGET = 1 << 21  # score elements per chunk (4 MiB of bf16)
 
 
@@ -49,7 +51,12 @@ def prefill_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     """q [B, H, T, D] bf16; keys/values [B, Hkv, S, D]; mask [B, 1, T, S] bool (True: visible).
 
     Returns [B, T, H*D].  `cache` (one per forward) keeps the chunked masks across layers.
+    The native kernel (core/native/attention.c: float32 scores, no rounding to bf16 between) serves
+    where it is built; these PyTorch passes are the fallback.
     """
+    out = native.attention(q, keys, values, mask, scale)
+    if out is not None:
+        return out
     B, H, T, D = q.shape
     hkv = keys.shape[1]
     g = H // hkv

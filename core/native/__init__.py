@@ -20,9 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCES = ["int4_rebuild.c"]
+import torch
+
+SOURCES = ["int4_rebuild.c", "attention.c"]
 # no fused multiply-add: the kernels reproduce PyTorch's separate multiply and add bit for bit
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp"]
 
 
 def _cpu_signature() -> str:
@@ -41,7 +43,7 @@ def _build(target: Path, compiler: str) -> bool:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", tmp, *(str(here / s) for s in SOURCES)],
+        proc = subprocess.run([compiler, *FLAGS, "-o", tmp, *(str(here / s) for s in SOURCES), "-lm"],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             print(f"llamatorch: native kernels not built ({compiler}): {proc.stderr.strip()[:300]}", file=sys.stderr)
@@ -87,3 +89,28 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.int4_rebuild_columns.restype = i32
     lib.int4_rebuild_columns.argtypes = [p, p, i32, p, i32, i64, i64, i64, i64, p]
+    lib.attention_supported.restype = i32
+    lib.attention_supported.argtypes = []
+    lib.attention_bf16.restype = i32
+    lib.attention_bf16.argtypes = [p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, p,
+                                   i64, i64, i64, i64, i64, i64, ctypes.c_float]
+
+
+def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+              scale: float) -> torch.Tensor | None:
+    """Every query of q [B, H, T, D] over keys/values [B, Hkv, S, D] (bf16, CPU) where mask [B, 1, T, S]
+    (bool) is True -> [B, T, H*D] bf16, by attention.c; None where that kernel cannot serve (no build,
+    no AVX-512 bf16, head size not a multiple of 32, other dtypes or layouts)."""
+    lib = library()
+    B, H, T, D = q.shape
+    Hkv, S = keys.shape[1], keys.shape[2]
+    if (lib is None or not lib.attention_supported() or D % 32 or H % Hkv or q.device.type != "cpu"
+            or not q.dtype == keys.dtype == values.dtype == torch.bfloat16
+            or q.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1):
+        return None
+    m = mask[:, 0].contiguous().view(torch.uint8)
+    out = torch.empty(B, T, H * D, dtype=torch.bfloat16)
+    failed = lib.attention_bf16(q.data_ptr(), *q.stride()[:3], keys.data_ptr(), *keys.stride()[:3],
+                                values.data_ptr(), *values.stride()[:3], m.data_ptr(), m.stride(0), m.stride(1),
+                                out.data_ptr(), B, H, Hkv, T, S, D, scale)
+    return None if failed else out

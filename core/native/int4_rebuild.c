@@ -7,8 +7,8 @@
  *
  * The arithmetic is that of the PyTorch path it replaces, bit for bit: q * scale rounded to float32, plus
  * offset rounded to float32 (this file is compiled with -ffp-contract=off: no fused multiply-add), then
- * rounded to nearest-even bf16.  One thread: a second one measured no faster here (PyTorch's OpenMP
- * workers keep spinning on the other core between its parallel regions).
+ * rounded to nearest-even bf16.  Groups of 32 rows are split over PyTorch's OpenMP threads (see
+ * attention.c on why they are PyTorch's).
  */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -79,20 +79,26 @@ static void load_params(const rebuild_t *J, const void *src, int half, int64_t g
 }
 
 static int rebuild(const rebuild_t *J) {
-    int64_t nb = J->b1 - J->b0, n = nb * 64;
-    float *s = malloc(2 * n * sizeof(float)), *o = s + n;
-    if (!s) return 1;
-    for (int64_t g = 0; g < J->k / 32; g++) {
-        load_params(J, J->scale, J->scale_half, g, s);
-        load_params(J, J->offset, J->offset_half, g, o);
-        for (int64_t k = g * 32; k < g * 32 + 32; k++) {
-            uint16_t *row = J->out + k * n;
-            for (int64_t b = 0; b < nb; b++)
-                block_row(J->packed + ((J->b0 + b) * J->k + k) * 32, s + b * 64, o + b * 64, row + b * 64);
+    const int64_t nb = J->b1 - J->b0, n = nb * 64;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *s = malloc(2 * n * sizeof(float)), *o = s + n;  /* one group's scales and offsets */
+        failed = s == NULL;
+#pragma omp for
+        for (int64_t g = 0; g < J->k / 32; g++) {
+            if (s == NULL) continue;
+            load_params(J, J->scale, J->scale_half, g, s);
+            load_params(J, J->offset, J->offset_half, g, o);
+            for (int64_t k = g * 32; k < g * 32 + 32; k++) {
+                uint16_t *row = J->out + k * n;
+                for (int64_t b = 0; b < nb; b++)
+                    block_row(J->packed + ((J->b0 + b) * J->k + k) * 32, s + b * 64, o + b * 64, row + b * 64);
+            }
         }
+        free(s);
     }
-    free(s);
-    return 0;
+    return failed;
 }
 
 int int4_rebuild_columns(const uint8_t *packed, const void *scale, int scale_half, const void *offset, int offset_half,
