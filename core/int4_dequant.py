@@ -100,7 +100,7 @@ class Int4Dequant:
         out = _SCRATCH.get(k * n, torch.bfloat16)
         failed = lib.int4_rebuild_columns(self.packed.data_ptr(), self.scale.data_ptr(), self.scale.dtype == torch.float16,
                                           self.offset.data_ptr(), self.offset.dtype == torch.float16, self.n, k,
-                                          n0 // BLOCK_N, n1 // BLOCK_N, out.data_ptr())
+                                          n0 // BLOCK_N, n1 // BLOCK_N, out.data_ptr(), torch.get_num_threads())
         return self.columns_torch(n0, n1) if failed else out.view(k, n)
 
     def columns_torch(self, n0: int, n1: int) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """Small C kernels for the CPU, built with the system C compiler on first use and loaded with ctypes.
 
-Some hot CPU passes have no single PyTorch kernel: rebuilding a bf16 matrix from the int4 pack takes five
-PyTorch passes over a float32 scratch.  These kernels are plain C over raw pointers (no PyTorch headers,
-so a build takes about a second), compiled with -march=native for the machine at hand and cached under
-<cache>/native/, keyed by the source, the flags and the CPU.  Without a compiler, or when the build
-fails, `library()` returns None and callers keep their PyTorch paths; LLAMATORCH_NATIVE=0 forces that.
+Two hot passes of CPU prefill have no single PyTorch kernel: rebuilding a bf16 matrix from the int4 pack
+(five PyTorch passes over a float32 scratch: int4_rebuild.c) and attention with float32 scores over bf16
+inputs (PyTorch's bf16 GEMMs round scores to bf16, its flash kernel is slow here: attention.c).  They
+are plain C over raw pointers (no PyTorch headers, so a build takes a few seconds), compiled with
+-march=native for the machine at hand and cached under <cache>/native/, keyed by the sources, the
+flags and the CPU.  They parallelise with OpenMP, which resolves to the libgomp PyTorch has loaded.
+Without a compiler, or when the build fails, `library()` returns None and callers keep their PyTorch
+paths; LLAMATORCH_NATIVE=0 forces that.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 SOURCES = ["int4_rebuild.c", "attention.c"]
-# no fused multiply-add: the kernels reproduce PyTorch's separate multiply and add bit for bit
+# no implicit fused multiply-add: the int4 rebuild reproduces PyTorch's separate multiply and add bit for bit
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp"]
 
 
@@ -49,6 +52,9 @@ def _build(target: Path, compiler: str) -> bool:
             print(f"llamatorch: native kernels not built ({compiler}): {proc.stderr.strip()[:300]}", file=sys.stderr)
             return False
         os.replace(tmp, target)  # complete files only: another process may load it at once
+        for old in target.parent.glob("kernels-*.so"):  # builds of other sources (processes that have
+            if old != target:                            # one loaded keep their mapping)
+                old.unlink(missing_ok=True)
         return True
     except (OSError, subprocess.SubprocessError) as exc:
         print(f"llamatorch: native kernels not built: {exc}", file=sys.stderr)
@@ -88,12 +94,12 @@ def library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.int4_rebuild_columns.restype = i32
-    lib.int4_rebuild_columns.argtypes = [p, p, i32, p, i32, i64, i64, i64, i64, p]
+    lib.int4_rebuild_columns.argtypes = [p, p, i32, p, i32, i64, i64, i64, i64, p, i32]
     lib.attention_supported.restype = i32
     lib.attention_supported.argtypes = []
     lib.attention_bf16.restype = i32
     lib.attention_bf16.argtypes = [p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, p,
-                                   i64, i64, i64, i64, i64, i64, ctypes.c_float]
+                                   i64, i64, i64, i64, i64, i64, ctypes.c_float, i32]
 
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -112,5 +118,5 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     out = torch.empty(B, T, H * D, dtype=torch.bfloat16)
     failed = lib.attention_bf16(q.data_ptr(), *q.stride()[:3], keys.data_ptr(), *keys.stride()[:3],
                                 values.data_ptr(), *values.stride()[:3], m.data_ptr(), m.stride(0), m.stride(1),
-                                out.data_ptr(), B, H, Hkv, T, S, D, scale)
+                                out.data_ptr(), B, H, Hkv, T, S, D, scale, torch.get_num_threads())
     return None if failed else out

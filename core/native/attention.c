@@ -217,11 +217,11 @@ static void tile(const attn_t *A, int64_t task, row_t *rows, float *acc, uint16_
     }
 }
 
-static int tiles(const attn_t *A) {
+static int tiles(const attn_t *A, int threads) {
     const int64_t g = A->H / A->Hkv, rows_max = (g * TQ + RQ - 1) / RQ * RQ;
     const int64_t n_tasks = A->B * A->Hkv * ((A->T + TQ - 1) / TQ);
     int failed = 0;
-#pragma omp parallel reduction(| : failed)
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         row_t *rows = malloc(rows_max * sizeof(row_t));
         float *acc = malloc(rows_max * A->D * sizeof(float));
@@ -239,7 +239,7 @@ static int tiles(const attn_t *A) {
 int attention_bf16(const uint16_t *q, int64_t q_sb, int64_t q_sh, int64_t q_st, const uint16_t *k, int64_t k_sb,
                    int64_t k_sh, int64_t k_ss, const uint16_t *v, int64_t v_sb, int64_t v_sh, int64_t v_ss,
                    const uint8_t *mask, int64_t m_sb, int64_t m_st, uint16_t *out, int64_t B, int64_t H, int64_t Hkv,
-                   int64_t T, int64_t S, int64_t D, float scale) {
+                   int64_t T, int64_t S, int64_t D, float scale, int threads) {
 #ifdef HAVE_BF16_DOT
     if (D % 32 != 0 || H % Hkv != 0) return -1;
     attn_t A = {q, k, v, mask, out, q_sb, q_sh, q_st, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, m_sb, m_st,
@@ -249,17 +249,17 @@ int attention_bf16(const uint16_t *q, int64_t q_sb, int64_t q_sh, int64_t q_st, 
     A.vp = calloc(slab * B * Hkv, sizeof(uint16_t));
     int failed = !A.kp || !A.vp;
     if (!failed) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) num_threads(threads)
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < Hkv; h++) repack(&A, b, h);
-        failed = tiles(&A);
+        failed = tiles(&A, threads);
     }
     free(A.kp), free(A.vp);
     return failed;
 #else
     (void)q, (void)q_sb, (void)q_sh, (void)q_st, (void)k, (void)k_sb, (void)k_sh, (void)k_ss, (void)v, (void)v_sb;
     (void)v_sh, (void)v_ss, (void)mask, (void)m_sb, (void)m_st, (void)out, (void)B, (void)H, (void)Hkv, (void)T;
-    (void)S, (void)D, (void)scale;
+    (void)S, (void)D, (void)scale, (void)threads;
     return -1;
 #endif
 }

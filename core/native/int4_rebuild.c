@@ -7,8 +7,8 @@
  *
  * The arithmetic is that of the PyTorch path it replaces, bit for bit: q * scale rounded to float32, plus
  * offset rounded to float32 (this file is compiled with -ffp-contract=off: no fused multiply-add), then
- * rounded to nearest-even bf16.  Groups of 32 rows are split over PyTorch's OpenMP threads (see
- * attention.c on why they are PyTorch's).
+ * rounded to nearest-even bf16.  Groups of 32 rows are split over `threads` of PyTorch's OpenMP
+ * threads (see attention.c on why they are PyTorch's).
  */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -78,10 +78,10 @@ static void load_params(const rebuild_t *J, const void *src, int half, int64_t g
     }
 }
 
-static int rebuild(const rebuild_t *J) {
+static int rebuild(const rebuild_t *J, int threads) {
     const int64_t nb = J->b1 - J->b0, n = nb * 64;
     int failed = 0;
-#pragma omp parallel reduction(| : failed)
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         float *s = malloc(2 * n * sizeof(float)), *o = s + n;  /* one group's scales and offsets */
         failed = s == NULL;
@@ -102,7 +102,7 @@ static int rebuild(const rebuild_t *J) {
 }
 
 int int4_rebuild_columns(const uint8_t *packed, const void *scale, int scale_half, const void *offset, int offset_half,
-                         int64_t n_total, int64_t k, int64_t b0, int64_t b1, uint16_t *out) {
+                         int64_t n_total, int64_t k, int64_t b0, int64_t b1, uint16_t *out, int threads) {
     rebuild_t J = {packed, scale, offset, out, k, b0, b1, n_total / 64, scale_half, offset_half};
-    return rebuild(&J);
+    return rebuild(&J, threads);
 }
