@@ -3,8 +3,9 @@
 Decoding reads int4 weights (`_weight_int4pack_mm_for_cpu`); prefill wants bf16 GEMMs, ~4x faster than
 the int4 kernel at 512 rows here.  Keeping a bf16 copy of every matrix beside the pack cost ~200 MB for
 SmolLM2 (the bulk of `cli`'s peak RSS), so the bf16 matrix is rebuilt per call into one shared scratch
-buffer instead: a handful of elementwise passes, paid once per matrix per batch and amortised over its
-rows (~0.2 ms for a 3072 x 576 matrix, ~10% of its GEMM at 512 rows).
+buffer instead, paid once per matrix per batch and amortised over its rows: one pass of a native kernel
+(core/native/int4_rebuild.c, ~0.08 ms for 1536 x 576 columns) where it is built, else a handful of
+PyTorch passes (~0.16 ms).
 
 The nibbles come straight out of the CPU pack, whose layout (AVX-512 builds) is [N/64, K, 32] bytes: byte
 j of row k in block b holds column n = 64b + j in its low nibble and n = 64b + 32 + j in its high one.
@@ -98,8 +99,9 @@ class Int4Dequant:
             return self.columns_torch(n0, n1)
         k, n = self.k, n1 - n0
         out = _SCRATCH.get(k * n, torch.bfloat16)
-        failed = lib.int4_rebuild_columns(self.packed.data_ptr(), self.scale.data_ptr(), self.scale.dtype == torch.float16,
-                                          self.offset.data_ptr(), self.offset.dtype == torch.float16, self.n, k,
+        scale, offset = self.scale, self.offset
+        failed = lib.int4_rebuild_columns(self.packed.data_ptr(), scale.data_ptr(), scale.dtype == torch.float16,
+                                          offset.data_ptr(), offset.dtype == torch.float16, self.n, k,
                                           n0 // BLOCK_N, n1 // BLOCK_N, out.data_ptr(), torch.get_num_threads())
         return self.columns_torch(n0, n1) if failed else out.view(k, n)
 

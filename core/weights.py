@@ -128,7 +128,7 @@ class Linear:
             )
         for r in refs:
             r.release()
-        self._few_rows, self._few_rows_max = self._few_rows_product(device)
+        self.few_rows, self._few_rows_max = self._few_rows_product(device)  # (public: one_token.py)
 
     def _few_rows_product(self, device: torch.device):
         """(kernel for a [rows, K] input, the most rows it takes), bound once: decoding calls it
@@ -145,7 +145,7 @@ class Linear:
         shape = x.shape
         rows = x.numel() // shape[-1]
         if rows <= self._few_rows_max:
-            y = self._few_rows(x.reshape(rows, shape[-1]))
+            y = self.few_rows(x.reshape(rows, shape[-1]))
             return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
         if self.prefill is not None:  # many rows on the CPU: the bf16 matrix rebuilt from the pack
             return self._rebuilt_product(x)

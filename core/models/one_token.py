@@ -21,7 +21,7 @@ def supported(model) -> bool:
     if model.device.type != "cpu" or model.dtype != torch.bfloat16:
         return False
     mats = [m for L in model.layers for m in (L.qkv, L.wo, L.gate_up, L.down)]
-    return all(m._few_rows is not None for m in mats)
+    return all(getattr(m, "few_rows", None) is not None for m in mats)
 
 
 class OneTokenDecode:
@@ -34,7 +34,7 @@ class OneTokenDecode:
         self.scale = 1.0 / math.sqrt(p.head_dim)
         self.h = torch.empty(p.n_embd, dtype=torch.bfloat16)  # the normed row each product reads
         self.h_row = self.h.view(1, -1)
-        self.layers = [(attn_norm, ffn_norm, L.qkv._few_rows, L.wo._few_rows, L.gate_up._few_rows, L.down._few_rows)
+        self.layers = [(attn_norm, ffn_norm, L.qkv.few_rows, L.wo.few_rows, L.gate_up.few_rows, L.down.few_rows)
                        for L, (attn_norm, ffn_norm) in zip(model.layers, model.norm_weights)]
         self._views: tuple | None = None  # (cache, row, per-layer K/V views of that cache row)
 
