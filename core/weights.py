@@ -24,8 +24,9 @@ INT4_MAX_ROWS = 16
 INT4_GROUP = 32
 # On CUDA, products with at most this many rows use the Triton integer-group kernel (kernels/).
 QUANT_MAX_ROWS = 4  # a matrix-vector kernel: more rows go to the dense GEMM
-# CPU prefill rebuilds int4 matrices in column blocks of at most this many weights (4 MiB of float32
-# scratch), each multiplied right after its rebuild while it is still in cache (Linear._rebuilt_product)
+# CPU prefill rebuilds int4 matrices in column blocks of at most this many weights (2 MiB of bf16, and
+# 4 MiB of float32 scratch on the PyTorch path), each multiplied right after its rebuild while it is
+# still in cache (Linear._rebuilt_product)
 REBUILD_BUDGET = 1 << 20
 
 

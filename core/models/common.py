@@ -64,13 +64,17 @@ def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return out if weight is None else out.mul_(weight)
 
 
+def rms_scale_row(x: torch.Tensor, eps: float) -> float:
+    """1 / rms(x) of one float32 row, as a Python float (the statistic of _rms_norm_row)."""
+    flat = x.view(-1)
+    return 1.0 / math.sqrt(torch.dot(flat, flat).item() / flat.numel() + eps)
+
+
 def _rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """One float32 row on the CPU (a decode step): the statistic as a Python float, then two
     multiplications, as ggml computes it (x * scale, then * weight).  F.rms_norm runs seven small
     kernels here; CPU decoding calls this twice per layer, where each kernel is ~1 us of overhead."""
-    flat = x.view(-1)
-    scale = 1.0 / math.sqrt(torch.dot(flat, flat).item() / flat.numel() + eps)
-    out = torch.mul(x, scale)
+    out = torch.mul(x, rms_scale_row(x, eps))
     return out if weight is None else out.mul_(weight)
 
 

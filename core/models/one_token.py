@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .common import rms_scale_row
+
 
 def supported(model) -> bool:
     """bf16 on the CPU with every layer matrix on a one-row kernel (int4 or int8 packs)."""
@@ -52,8 +54,7 @@ class OneTokenDecode:
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """rms_norm's one-row arithmetic (x * scale, then * weight, in float32), rounded into self.h."""
-        s = 1.0 / math.sqrt(torch.dot(x, x).item() / x.numel() + self.p.rms_eps)
-        torch.mul(torch.mul(x, s), weight, out=self.h)
+        torch.mul(torch.mul(x, rms_scale_row(x, self.p.rms_eps)), weight, out=self.h)
         return self.h_row
 
     def __call__(self, step, cache, hidden: bool) -> torch.Tensor:

@@ -1,5 +1,7 @@
-"""Attention for many-query batches on the CPU in bf16: two bf16 GEMMs for the scores, skipping masked
-key blocks, instead of SDPA's CPU flash kernel.
+"""Attention for many-query batches on the CPU in bf16.  The native kernel (core/native/attention.c:
+float32 scores from bf16 dot products, online softmax) serves where it is built; what follows is the
+PyTorch fallback: two bf16 GEMMs for the scores, skipping masked key blocks, instead of SDPA's CPU
+flash kernel.
 
 That kernel took 3.3 ms per SmolLM2 layer at 512 tokens (5 ms on Gemma 3's 256-wide heads), about as
 much as all the layer's weight GEMMs; this takes 1.7 ms (2.1 ms on Gemma 3).
@@ -51,8 +53,6 @@ def prefill_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     """q [B, H, T, D] bf16; keys/values [B, Hkv, S, D]; mask [B, 1, T, S] bool (True: visible).
 
     Returns [B, T, H*D].  `cache` (one per forward) keeps the chunked masks across layers.
-    The native kernel (core/native/attention.c: float32 scores, no rounding to bf16 between) serves
-    where it is built; these PyTorch passes are the fallback.
     """
     out = native.attention(q, keys, values, mask, scale)
     if out is not None:

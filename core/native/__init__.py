@@ -102,15 +102,22 @@ def _declare(lib: ctypes.CDLL) -> None:
                                    i64, i64, i64, i64, i64, i64, ctypes.c_float, i32]
 
 
+@functools.cache
+def _attention_library() -> ctypes.CDLL | None:
+    """The library where its attention kernel runs here (AVX-512 bf16), else None."""
+    lib = library()
+    return lib if lib is not None and lib.attention_supported() else None
+
+
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
               scale: float) -> torch.Tensor | None:
     """Every query of q [B, H, T, D] over keys/values [B, Hkv, S, D] (bf16, CPU) where mask [B, 1, T, S]
     (bool) is True -> [B, T, H*D] bf16, by attention.c; None where that kernel cannot serve (no build,
     no AVX-512 bf16, head size not a multiple of 32, other dtypes or layouts)."""
-    lib = library()
+    lib = _attention_library()
     B, H, T, D = q.shape
     Hkv, S = keys.shape[1], keys.shape[2]
-    if (lib is None or not lib.attention_supported() or D % 32 or H % Hkv or q.device.type != "cpu"
+    if (lib is None or D % 32 or H % Hkv or q.device.type != "cpu"
             or not q.dtype == keys.dtype == values.dtype == torch.bfloat16
             or q.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1):
         return None
