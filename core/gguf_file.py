@@ -9,6 +9,7 @@ against the bytes actually left before trusting it, and hands out zero-copy tens
 from __future__ import annotations
 
 import mmap
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64)) if self.ne else 1
+        return math.prod(self.ne)
 
 
 class _Cursor:
@@ -181,7 +182,9 @@ class GGUFFile:
             block, type_size = GGML_QUANT_SIZES[qtype]
             if any(d < 0 or d > 1 << 40 for d in ne):
                 raise GGUFError(f"{self.path.name}: tensor {name} has an absurd shape {ne}")
-            n = int(np.prod(ne, dtype=np.int64)) if ne else 1
+            n = math.prod(ne)  # Python ints: an int64 product could wrap to a small (or zero) size
+            if n >= 1 << 63:
+                raise GGUFError(f"{self.path.name}: tensor {name} shape {list(ne)} has more than INT64_MAX elements")
             if ne and ne[0] % block:
                 raise GGUFError(f"{self.path.name}: tensor {name} row of {ne[0]} is not a multiple of {block}")
             nbytes = n // block * type_size

@@ -7,6 +7,7 @@ chunks in flight keeps memory flat on big models).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -53,7 +54,7 @@ class PlannedTensor:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)
 
 
 @dataclass
@@ -82,6 +83,8 @@ def plan(f: GGUFFile, opts: Options) -> tuple[list[PlannedTensor], TypePolicy]:
     out = []
     for name in names:
         t = f.tensors[name]
+        if t.n_elements == 0:
+            raise LlamatorchError(f"tensor {name} has no elements (shape {list(t.ne)})")
         dst = policy.target(name, t.ne, t.qtype)
         if dst != t.qtype:
             if is_quantized(t.qtype) and not opts.allow_requantize:

@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_convert_support import build_smollm2, cache_root, oracle_cmd  # noqa: E402
+from llama_cpp_ref import cache_root  # noqa: E402
+from test_convert_support import build_smollm2, oracle_cmd  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, float]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gguf
 
+import llama_cpp_ref  # scripts/, beside this file
 from llamatorch.core import hub
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.tokenizer import Tokenizer
@@ -38,6 +39,11 @@ PIECES = list("abcXYZ019 .,!?'\"-_/\\()[]{}<>$+=^~|`@#%&*:;") + [
     "http://x.y/z?q=1", "    return", "def f(x):", " <mask>", "\n\t<mask>",
 ]
 
+# extra pieces for uncased WordPiece vocabularies: casing, accents (composed and combining), CJK, emoji,
+# punctuation runs -- what BertNormalizer lowercases, strips or splits
+WPM_PIECES = [" Hello", " WORLD", "Hello", "HeLLo", "Ünïcödé", " Ça", "naïve", "résumé", "Ærø", "İstanbul", "ǅ",
+              "ΣΊΣΥΦΟΣ", "Straße", "ÅNGSTRÖM", "e\u0301", "A\u030a", "中文字", "日本語", "한국어", "🙂", "👍🏽", "!!!",
+              "...", "?!", "—", "«»", "(", ")", "$5", "C++", "U.S.A.", "don't", "I'M", "\u00ad", "\u200b", "ﬁ", "Ⅻ"]
 
 # more than the pre-tokenizer: (base model, metadata overrides); tests/test_tokenizer_golden.py has the same table
 VARIANTS = {
@@ -90,7 +96,9 @@ def main() -> None:
     ap.add_argument("--oracle", required=True)
     ap.add_argument("-n", type=int, default=100, help="cases per vocabulary")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write-golden", type=Path)
+    ap.add_argument("--write-golden", type=Path, help="write the cases; entries of other vocabularies in an "
+                    "existing file are kept")
+    ap.add_argument("--only", nargs="+", help="just these vocabularies (names as in the golden file)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     smol = hub.resolve_model("smollm2")
@@ -102,11 +110,15 @@ def main() -> None:
     for name, (base, overrides) in VARIANTS.items():
         vocab_copy(models[base], tmp / f"{name}.gguf", overrides)
         models[name] = tmp / f"{name}.gguf"
+    models["bert-bge"] = llama_cpp_ref.source_dir() / "models" / "ggml-vocab-bert-bge.gguf"  # uncased, no lowercase key
+    if args.only:
+        models = {k: v for k, v in models.items() if k in args.only}
     golden: dict[str, list] = {}
     bad = total = 0
     for name, path in models.items():
         tok = Tokenizer.from_metadata(GGUFFile(path).metadata)
-        cases = [(rng.random() < 0.7, rng.random() < 0.7, "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 30))))
+        pieces = PIECES + WPM_PIECES if tok.vocab.kind == "wpm" else PIECES
+        cases = [(rng.random() < 0.7, rng.random() < 0.7, "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
                  for _ in range(args.n)]
         nb = 0
         for (a, p, s), (ids, d0, d1) in zip(cases, run_oracle(args.oracle, path, cases)):
@@ -123,6 +135,8 @@ def main() -> None:
         print(f"{name}: {nb}/{len(cases)} differ")
     print(f"total {total}, differing {bad}")
     if args.write_golden:  # one case per line
+        if args.write_golden.exists():
+            golden = dict(json.loads(args.write_golden.read_text()), **golden)
         body = ",\n".join(json.dumps(k) + ": [\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in v) + "\n]"
                           for k, v in golden.items())
         args.write_golden.write_text("{\n" + body + "\n}\n")

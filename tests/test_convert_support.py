@@ -13,44 +13,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
-ORACLE_SDIST = "llama-cpp-python==0.3.36"
-_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+import llama_cpp_ref  # scripts/ (on pytest's path)
+
 NAMING_KEYS = {"general.name", "general.basename", "general.version", "general.finetune"}
 
 
-def cache_root() -> Path:
-    base = os.environ.get("LLAMATORCH_CACHE")
-    return Path(base) if base else Path.home() / ".cache" / "llamatorch"
-
-
-# -- the oracle ----------------------------------------------------------------------------------
 def oracle_dir() -> Path:
-    """Folder with the reference convert_hf_to_gguf.py, conversion/ and gguf-py (fetched once)."""
-    root = cache_root() / "oracle" / "llama-cpp-python-0.3.36"
-    script = root / "convert_hf_to_gguf.py"
-    if script.is_file():
-        return root
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "--quiet", ORACLE_SDIST, "-d", tmp], check=True)
-        sdist = next(Path(tmp).glob("*.tar.gz"))
-        staged = root.with_name(root.name + ".partial")
-        shutil.rmtree(staged, ignore_errors=True)
-        with tarfile.open(sdist) as tar:
-            for m in tar.getmembers():
-                rel = m.name[len(_PREFIX):] if m.name.startswith(_PREFIX) else None
-                if rel and (rel == "convert_hf_to_gguf.py" or rel.startswith(("conversion/", "gguf-py/"))) \
-                        and (m.isfile() or m.isdir()):
-                    m.name = rel
-                    tar.extract(m, staged, filter="data")
-        if root.exists():
-            shutil.rmtree(root)
-        staged.rename(root)
-    return root
+    """The llama.cpp tree from the sdist (convert_hf_to_gguf.py, conversion/, gguf-py), fetched once."""
+    return llama_cpp_ref.source_dir()
 
 
 def oracle_cmd(model_dir: Path, outtype: str, outfile: Path, *extra: str) -> tuple[list[str], dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import llama_cpp_ref
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.tokenizer import Tokenizer
 
@@ -23,12 +24,17 @@ VARIANTS = {
 }
 
 
+def bge_vocab():  # an uncased BERT vocabulary without normalizer keys, from llama.cpp's sdist
+    return llama_cpp_ref.source_dir() / "models" / "ggml-vocab-bert-bge.gguf"
+
+
 @pytest.fixture(scope="module")
 def metadata(smollm2_path, gemma3_path, ref_dir):
     return {
         "smollm2": GGUFFile(smollm2_path).metadata,
         "gemma3": GGUFFile(gemma3_path).metadata,
         "minilm": GGUFFile(ref_dir / "all-minilm-l6-v2-f16.gguf").metadata,
+        "bert-bge": GGUFFile(bge_vocab()).metadata,
     }
 
 
@@ -49,3 +55,15 @@ def test_matches_llama_cpp(metadata, name):
         assert ids == c["ids"], c
         assert tok.decode_bytes(ids) == _bytes(c["detok"]), c
         assert tok.decode_bytes(ids, special=True) == _bytes(c["detok_special"]), c
+
+
+def test_bert_bge_matches_llama_cpp_test_file():
+    """llama.cpp's own tokenizer test for this vocabulary (models/*.inp texts, *.out ids)."""
+    path = bge_vocab()
+    texts = path.with_name(path.name + ".inp").read_text().split("\n__ggml_vocab_test__\n")
+    expected = path.with_name(path.name + ".out").read_text().split("\n")
+    tok = Tokenizer.from_metadata(GGUFFile(path).metadata)
+    assert tok.encode(" Hello world", add_special=False) == [7592, 2088]  # capitals: lowercased, not [UNK]
+    assert len(texts) == len(expected) > 40
+    for text, ids in zip(texts, expected):
+        assert tok.encode(text, add_special=False) == [int(x) for x in ids.split()], text

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
+from .hparams import check_attention, positive_float, positive_int, vocab_rows
 from ..weights import Linear, TensorRef
 from .common import Step
 
@@ -46,9 +47,10 @@ class BertParams:
     def from_gguf(cls, f: GGUFFile) -> "BertParams":
         arch = f.architecture
         key = lambda k: f"{arch}.{k}"  # noqa: E731
-        tok = f.tensors.get("token_embd.weight")
-        if tok is None:
-            raise GGUFError(f"{f.path.name}: missing tensor token_embd.weight")
+        n_vocab = vocab_rows(f)
+        n_embd = positive_int(f, key("embedding_length"))
+        n_head = positive_int(f, key("attention.head_count"))
+        check_attention(f, n_embd, n_head, positive_int(f, key("attention.head_count_kv"), n_head), None)
         n_types = int(f.get("tokenizer.ggml.token_type_count", f.get(key("token_type_count"), 0)) or 0)
         if n_types == 0 and "token_types.weight" in f.tensors:
             n_types = int(f.tensors["token_types.weight"].shape[0])
@@ -56,13 +58,13 @@ class BertParams:
             # llama.cpp refuses these too: "model needs to define token type count"
             raise GGUFError(f"{f.path.name}: bert model needs to define token type count")
         return cls(
-            n_vocab=int(tok.shape[0]),
-            n_embd=int(f.require(key("embedding_length"))),
-            n_layer=int(f.require(key("block_count"))),
-            n_head=int(f.require(key("attention.head_count"))),
-            n_ff=int(f.require(key("feed_forward_length"))),
-            n_ctx_train=int(f.require(key("context_length"))),
-            norm_eps=float(f.require(key("attention.layer_norm_epsilon"))),
+            n_vocab=n_vocab,
+            n_embd=n_embd,
+            n_layer=positive_int(f, key("block_count")),
+            n_head=n_head,
+            n_ff=positive_int(f, key("feed_forward_length")),
+            n_ctx_train=positive_int(f, key("context_length")),
+            norm_eps=positive_float(f, key("attention.layer_norm_epsilon")),
             n_token_types=n_types,
             pooling_type=int(f.get(key("pooling_type"), -1)),
             causal=bool(f.get(key("attention.causal"), False)),

@@ -18,6 +18,7 @@ from ..gguf_file import GGUFFile
 from ..memory import trim_heap
 from ..weights import Linear, TensorRef, decode_matrix
 from .outputs import tied_output
+from .hparams import check_attention, check_rope, positive_float, positive_int, vocab_rows
 from .common import Step, attend, keep_rows, rms_norm, rope_pairs, rope_tables
 from . import one_token
 
@@ -44,26 +45,26 @@ class LlamaParams:
     def from_gguf(cls, f: GGUFFile) -> "LlamaParams":
         arch = f.architecture
         key = lambda k: f"{arch}.{k}"  # noqa: E731
-        n_embd = int(f.require(key("embedding_length")))
-        n_head = int(f.require(key("attention.head_count")))
-        head_dim = int(f.get(key("attention.key_length"), n_embd // n_head))
-        tok = f.tensors.get("token_embd.weight")
-        if tok is None:
-            raise GGUFError(f"{f.path.name}: missing tensor token_embd.weight")
+        n_embd = positive_int(f, key("embedding_length"))
+        n_head = positive_int(f, key("attention.head_count"))
+        n_head_kv = positive_int(f, key("attention.head_count_kv"), n_head)
+        head_dim = check_attention(f, n_embd, n_head, n_head_kv, positive_int(f, key("attention.key_length"), None))
+        n_rot = positive_int(f, key("rope.dimension_count"), head_dim)
+        check_rope(f, n_rot, head_dim)
         scaling = f.get(key("rope.scaling.type"))
         factor = float(f.get(key("rope.scaling.factor"), 1.0) or 1.0)
         return cls(
-            n_vocab=int(tok.shape[0]),
+            n_vocab=vocab_rows(f),
             n_embd=n_embd,
-            n_layer=int(f.require(key("block_count"))),
+            n_layer=positive_int(f, key("block_count")),
             n_head=n_head,
-            n_head_kv=int(f.get(key("attention.head_count_kv"), n_head)),
+            n_head_kv=n_head_kv,
             head_dim=head_dim,
-            n_ff=int(f.require(key("feed_forward_length"))),
-            n_ctx_train=int(f.require(key("context_length"))),
-            rms_eps=float(f.require(key("attention.layer_norm_rms_epsilon"))),
-            rope_base=float(f.get(key("rope.freq_base"), 10000.0)),
-            n_rot=int(f.get(key("rope.dimension_count"), head_dim)),
+            n_ff=positive_int(f, key("feed_forward_length")),
+            n_ctx_train=positive_int(f, key("context_length")),
+            rms_eps=positive_float(f, key("attention.layer_norm_rms_epsilon")),
+            rope_base=positive_float(f, key("rope.freq_base"), 10000.0),
+            n_rot=n_rot,
             rope_scale=1.0 / factor if scaling == "linear" else 1.0,
         )
 

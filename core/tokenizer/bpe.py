@@ -25,6 +25,11 @@ class BPE:
         self.ignore_merges = vocab.pre.ignore_merges
         self.escape_whitespaces = vocab.escape_whitespaces
         self.newline_runs_whole = vocab.pre.type == "gemma4"
+        self.lower = None  # llama.cpp's whitespace pre-tokenizer honours normalizer.lowercase
+        if vocab.pre.type == "whitespace" and vocab.lowercase:
+            from .unicode_case import LOWER
+
+            self.lower = LOWER
         # "left right" -> rank; reversed so that the first of duplicate merges wins (as std::map::emplace)
         merges = vocab.merges or []
         self.ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
@@ -96,6 +101,8 @@ class BPE:
     def encode_text(self, text: str, out: list[int]) -> None:
         if self.escape_whitespaces:
             text = text.replace(" ", "\u2581")
+        if self.lower is not None:
+            text = text.translate(self.lower)
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()

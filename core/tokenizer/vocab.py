@@ -156,7 +156,10 @@ class Vocab:
                 setattr(self, name, bool(md[KEY + name + "_token"]))
         if self.pre is not None and self.pre.type == "gemma4":
             self.add_bos = True  # llama.cpp's Gemma 4 workaround
-        self.lowercase = bool(md.get(KEY + "normalizer.lowercase", False))
+        # BertNormalizer options: llama.cpp lowercases (and strips accents) unless the file says not to;
+        # only the "whitespace" pre-tokenizer starts from no lowercasing
+        lower_default = not (self.pre is not None and self.pre.type == "whitespace")
+        self.lowercase = bool(md.get(KEY + "normalizer.lowercase", lower_default))
         self.strip_accents = bool(md.get(KEY + "normalizer.strip_accents", self.lowercase))
 
     def _load_special_ids(self, md: Mapping[str, Any], defaults: dict) -> None:
