@@ -5,7 +5,7 @@
 
 The source comes from PyPI (`pip download --no-deps --no-binary :all:`), never from a hub; the build
 lands in the cache (`$LLAMATORCH_CACHE` or ~/.cache/llamatorch) under `llama.cpp/`, keyed by the CPU
-model so a cache moved to another host kind is rebuilt rather than run with the wrong `-march=native`.
+model and flags, with every SIMD extension the CPU has switched on (AMX excepted, see simd_options).
 Benchmarks import `binary()` from here; it builds on first use.
 """
 
@@ -87,12 +87,27 @@ def binary(name: str, targets: tuple[str, ...] = DEFAULT_TARGETS) -> Path:
     return path
 
 
+# ggml option -> the /proc/cpuinfo flag that allows it
+_GGML_SIMD = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni",
+              "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+              "AVX512_BF16": "avx512_bf16"}
+
+
+def simd_options() -> list[str]:
+    """Every SIMD extension this CPU has, AMX excepted: with -march=native, ggml 0.3.36's AMX
+    kernels take over Q4 products and crash on Intel hosts of this machine kind (SIGSEGV in
+    ggml_backend_amx_mul_mat during llama-bench)."""
+    have = set(cpu_flags(("avx", "fma", "f16c", "bmi2")))
+    opts = ["-DGGML_NATIVE=OFF"] + [f"-DGGML_{opt}={'ON' if flag in have else 'OFF'}" for opt, flag in _GGML_SIMD.items()]
+    return opts + ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+
+
 def build(targets: tuple[str, ...]) -> None:
     src, out = source_dir(), build_dir()
     print(f"building llama.cpp ({', '.join(targets)}) into {out} for {cpu_model()}; this takes minutes",
           file=sys.stderr)
     subprocess.run(["cmake", "-S", str(src), "-B", str(out), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
+                    *simd_options(), "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
                     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
                    check=True, stdout=sys.stderr)
     subprocess.run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2), "--target", *targets],
