@@ -65,24 +65,6 @@ def test_default_local_rope_base_without_the_key(tmp_path):
     check_prefill(model, path, n=20)
 
 
-def test_large_vocab_output_head_is_exact():
-    """Int4TopOutput (bf16 CPU decode): int4 scores everywhere, float32 products on the head."""
-    import torch
-
-    from llamatorch.core.models.outputs import Int4TopOutput
-
-    torch.manual_seed(0)
-    w = torch.randn(65536, 64).bfloat16()
-    out = Int4TopOutput(w)
-    x = torch.randn(3, 64).bfloat16()
-    y, exact = out(x), torch.nn.functional.linear(x.float(), w.float())
-    top = exact.topk(40, dim=-1).indices
-    assert torch.allclose(y.gather(-1, top), exact.gather(-1, top), atol=1e-4)
-    assert (y - exact).abs().max().item() < 0.2 * exact.abs().max().item()  # the tail: int4 approximations
-    many = torch.randn(20, 64).bfloat16()  # prefill-sized: the dense GEMM
-    assert torch.allclose(out(many).float(), torch.nn.functional.linear(many, w).float())
-
-
 def test_long_ragged_batches_past_the_window(tiny):
     """Second batch starts past the window for every sequence: local layers read only a cell range."""
     check_ragged_batch(*tiny, lengths=(12, 25, 20), more=(4, 1, 3))

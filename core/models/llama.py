@@ -17,7 +17,7 @@ from ..errors import GGUFError
 from ..gguf_file import GGUFFile
 from ..memory import trim_heap
 from ..weights import Linear, TensorRef, decode_matrix
-from .outputs import tied_output
+from .outputs import output_matrix
 from .hparams import check_attention, check_rope, positive_float, positive_int, vocab_rows
 from .common import Step, attend, keep_rows, rms_norm, rope_pairs, rope_tables
 from . import one_token
@@ -124,9 +124,10 @@ class LlamaModel:
     def make_output(self, f: GGUFFile):
         """The output projection: output.weight, or tied to the embeddings (families may override)."""
         p = self.params
+        lin = None
         if "output.weight" in f.tensors:
-            return Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], self.dtype, self.device)
-        return tied_output(self.tok_embd, self.dtype, self.device, self.embd_quant)
+            lin = Linear([check_shape(f, "output.weight", (p.n_vocab, p.n_embd))], self.dtype, self.device)
+        return output_matrix(lin, self.tok_embd, self.dtype, self.device, self.embd_quant)
 
     def prepare(self, n_ctx: int) -> None:
         """Precompute position tables for a context of n_ctx (+1 trash cell)."""
@@ -180,7 +181,9 @@ class LlamaModel:
         x = rms_norm(x, self.out_norm, self.params.rms_eps)
         if hidden:
             return x.float()
-        logits = self.output(x.to(self.dtype))  # (outputs may hand out a buffer they reuse: copy it)
+        logits = self.output(x.to(self.dtype))
+        if logits.dtype == torch.float32:  # fresh, or an output's reused buffer (valid until the next forward)
+            return logits
         if logits.device.type == "cpu" and logits.numel() * 4 >= REUSED_LOGITS_BYTES:
             return self._reused_logits(logits)
         return logits.to(torch.float32, copy=True)

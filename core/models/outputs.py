@@ -18,6 +18,9 @@ from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear
 
 _CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
 _INT8_MM = torch.ops.aten._weight_int8pack_mm.default  # looked up once: decoding calls it per layer
+_FLOAT_BLOCK = 4096  # output rows converted to float32 at a time for float32 products (~10 MB)
+LARGE_VOCAB = 100_000  # Qwen 151k, Gemma 3 262k: int4 output scores (Int4TopOutput)
+REUSED_ROWS_BYTES = 256 << 20  # CPU many-row results at least this large go into a reused buffer
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +76,7 @@ class DenseOutput:
     def __init__(self, weight: torch.Tensor, quant=None):
         self.weight = weight
         self.quant = quant  # the Triton integer-group form for CUDA decoding (weights.decode_matrix)
-        self._rows_out = None  # reused output of many-row products on the CPU (see many_rows)
+        self._rows_out = None  # reused output of large many-row products on the CPU (see many_rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -83,16 +86,40 @@ class DenseOutput:
         return self.many_rows(x)
 
     def many_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ W.T.  On the CPU the [rows, n_vocab] result (perplexity: ~0.5 GB per pass for Gemma 3)
-        goes into one buffer reused across calls: a fresh one is a fresh mapping, every page of it
-        faulted in again.  The result is valid until the next call (the model head copies it out)."""
+        """x @ W.T; on the CPU always float32 (see float32_product)."""
         if x.device.type != "cpu" or x.dim() != 2:
             return F.linear(x, self.weight)
-        shape = (x.shape[0], self.weight.shape[0])
-        if self._rows_out is None or self._rows_out.shape != shape or self._rows_out.dtype != x.dtype:
+        return self.float32_product(x)
+
+    def float32_product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T in float32 whatever W's dtype, as ggml computes logits.
+
+        A bf16 result has 8 significant bits (spacing 0.125 at logit 20): SmolLM2's perplexity came out
+        0.12% high (39.24 vs 39.20 in float32; rounding noise on every logit biases the log-sum-exp up)
+        and close greedy calls flipped.  W goes to float32 a block of rows at a time into one scratch
+        buffer, never as a whole second copy (Gemma 3: 671 MB).  Large results (perplexity: ~0.5 GB per
+        pass for Gemma 3) go into one buffer reused across calls: a fresh one is a fresh mapping, every
+        page faulted in again.  Such a result is valid until the next call."""
+        xf = x.float()
+        rows, n = x.shape[0], self.weight.shape[0]
+        if self.weight.dtype == torch.float32:
+            return torch.matmul(xf, self.weight.T, out=self._output_rows(rows, n))
+        y = self._output_rows(rows, n)
+        step = min(n, _FLOAT_BLOCK)
+        scratch = torch.empty((step, self.weight.shape[1]), dtype=torch.float32)
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            w = scratch[: n1 - n0].copy_(self.weight[n0:n1])
+            torch.mm(xf, w.T, out=y[:, n0:n1])
+        return y
+
+    def _output_rows(self, rows: int, n: int) -> torch.Tensor:
+        if rows * n * 4 < REUSED_ROWS_BYTES:
+            return torch.empty((rows, n), dtype=torch.float32)
+        if self._rows_out is None or self._rows_out.shape != (rows, n):
             self._rows_out = None  # let the old one go first
-            self._rows_out = torch.empty(shape, dtype=x.dtype)
-        return torch.matmul(x, self.weight.T, out=self._rows_out)
+            self._rows_out = torch.empty((rows, n), dtype=torch.float32)
+        return self._rows_out
 
     @property
     def nbytes_decode(self) -> int:
@@ -101,12 +128,80 @@ class DenseOutput:
         return self.weight.numel() * self.weight.element_size()
 
 
-def tied_output(emb: torch.Tensor, dtype: torch.dtype, device: torch.device, quant=None):
-    """The output projection reusing the embedding matrix `emb` (already dequantized to `dtype`);
-    `quant`: its Triton form for CUDA decoding, if any."""
-    if quant is None and int8_wanted(dtype, device):
-        return Int8Linear(emb, [emb.shape[0]])
-    return DenseOutput(emb, quant)
+class RescoredOutput(DenseOutput):
+    """An output matrix for CPU decoding: approximate scores for every row from a compact copy of
+    the matrix, then each row's `top` best scored again exactly (float32 products of the bf16 rows)
+    and written over the approximations.  So greedy picks and the default sampler chain (top-k 40
+    first) see float32 logits; only the far tail stays approximate.  Many rows (prefill,
+    perplexity) take the float32 product of the whole matrix.  The float32 path never uses this."""
+
+    CHUNK = 256
+
+    def __init__(self, weight: torch.Tensor, top: int):
+        super().__init__(weight)
+        self.top = min(top, weight.shape[0])
+
+    def approximate(self, x2: torch.Tensor) -> torch.Tensor:
+        """[rows, K] bf16 -> [rows, n_vocab] approximate scores."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > INT4_MAX_ROWS:
+            return self.many_rows(x.reshape(rows, x.shape[-1])).view(*x.shape[:-1], -1)
+        x2 = x.reshape(rows, x.shape[-1])
+        y = self.approximate(x2).float()
+        r, c = self.head(y)
+        y[r, c] = (self.weight[c].float() * x2[r].float()).sum(-1)
+        return y.reshape(*x.shape[:-1], -1)
+
+    def head(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) indices of a superset of each row's `top` best entries.
+
+        Cheaper than topk over 262k entries (which took 1.9 ms on the GPU host's CPU): the top-th best
+        maximum of chunks of CHUNK entries is a threshold that at least `top` entries reach, and every
+        entry of the true top `top` reaches it (else `top` chunks would each hold a larger one).
+        """
+        rows, n = y.shape
+        if n % self.CHUNK or n // self.CHUNK < self.top:
+            idx = y.topk(self.top, dim=-1).indices
+            return torch.arange(rows, device=y.device)[:, None].expand_as(idx).reshape(-1), idx.reshape(-1)
+        maxima = y.view(rows, n // self.CHUNK, self.CHUNK).amax(-1)
+        thr = maxima.topk(self.top, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        r, c = (y >= thr).nonzero(as_tuple=True)
+        return r, c
+
+
+class Int8Output(RescoredOutput):
+    """Per-row int8 scores (`_weight_int8pack_mm`, half the bytes of bf16) for vocabularies below
+    LARGE_VOCAB, e.g. SmolLM2's tied 49152 x 576 matrix.  Its error is smaller than int4's; 128
+    rescored rows cover the sampler's top-k 40 with room."""
+
+    def __init__(self, weight: torch.Tensor, top: int = 128):
+        super().__init__(weight, top)
+        self.q, self.scale = quantize_rows(weight)
+
+    def approximate(self, x2: torch.Tensor) -> torch.Tensor:
+        return _INT8_MM(x2, self.q, self.scale)
+
+    @property
+    def nbytes_decode(self) -> int:
+        return self.q.numel() + self.scale.numel() * self.scale.element_size()
+
+
+def output_matrix(lin: Linear | None, emb: torch.Tensor, dtype: torch.dtype, device: torch.device, quant=None):
+    """The output projection: `lin` (output.weight), or tied to the embedding matrix `emb` (already
+    dequantized to `dtype`) when None; `quant`: the tied matrix's Triton form for CUDA decoding.
+
+    On the bf16 CPU path a dense matrix decodes through compact scores rescored exactly at the head
+    (int4 for vocabularies of at least LARGE_VOCAB, where the matrix is most of a step's bytes, else
+    int8).  An int4-packed output.weight stays a Linear (its bf16 logits are approximate)."""
+    if not int8_wanted(dtype, device) or (lin is None and quant is not None):
+        return DenseOutput(emb, quant) if lin is None else lin
+    weight = emb if lin is None else lin.dense
+    if weight is None:
+        return lin
+    return Int4TopOutput(weight) if weight.shape[0] >= LARGE_VOCAB else Int8Output(weight)
 
 
 def quantize_int4_groups(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,52 +222,21 @@ def quantize_int4_groups(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor
     return packed, sz
 
 
-class Int4TopOutput(DenseOutput):
-    """A large-vocabulary output matrix for decoding: int4 scores for every row, then the `top` best
-    rows scored again exactly (bf16 dense rows) and written over the approximations.
+class Int4TopOutput(RescoredOutput):
+    """int4 scores for a large-vocabulary output matrix (Qwen 151k, Gemma 3 262k).
 
     On Gemma 3's tied 262144 x 640 matrix the int4 pass reads 84 MB instead of 168 MB (int8) or 335 MB
     (bf16), about half the time of int8 (10 ms vs 22 ms, 1 thread).  Its error (mean 0.3, max 3 logits,
     logit std 7 on real hidden states) never reaches the head of the distribution: on 119 real rows
-    the exact top-40 was always within the int4 top-128, and we rescore 256.  So greedy picks and the
-    default sampler chain (top-k 40 first) see float32 products of the bf16 weights; only the far
-    tail stays approximate.
-    Many rows (prefill, perplexity) use the dense GEMM; the float32 path never uses this class.
+    the exact top-40 was always within the int4 top-128, and we rescore 256.
     """
 
-    CHUNK = 256
-
     def __init__(self, weight: torch.Tensor, top: int = 256):
-        super().__init__(weight)
-        self.top = min(top, weight.shape[0])
+        super().__init__(weight, top)
         self.packed, self.scale_zero = quantize_int4_groups(weight)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows > INT4_MAX_ROWS:
-            return self.many_rows(x)
-        x2 = x.reshape(rows, x.shape[-1])
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, 32, self.scale_zero).float()
-        r, c = self.head(y)
-        # the head in float32: bf16 outputs (spacing 0.125 at logit 20) would decide close greedy calls
-        y[r, c] = (self.weight[c].float() * x2[r].float()).sum(-1)
-        return y.reshape(*x.shape[:-1], -1)
-
-    def head(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, column) indices of a superset of each row's `top` best entries.
-
-        Cheaper than topk over 262k entries (which took 1.9 ms on the GPU host's CPU): the top-th best
-        maximum of chunks of CHUNK entries is a threshold that at least `top` entries reach, and every
-        entry of the true top `top` reaches it (else `top` chunks would each hold a larger one).
-        """
-        rows, n = y.shape
-        if n % self.CHUNK or n // self.CHUNK < self.top:
-            idx = y.topk(self.top, dim=-1).indices
-            return torch.arange(rows, device=y.device)[:, None].expand_as(idx).reshape(-1), idx.reshape(-1)
-        maxima = y.view(rows, n // self.CHUNK, self.CHUNK).amax(-1)
-        thr = maxima.topk(self.top, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-        r, c = (y >= thr).nonzero(as_tuple=True)
-        return r, c
+    def approximate(self, x2: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, 32, self.scale_zero)
 
     @property
     def nbytes_decode(self) -> int:

@@ -19,9 +19,7 @@ from ..gguf_file import GGUFFile
 from .common import Step, apply_rope, attend, keep_rows, rms_norm
 from ..weights import Linear
 from .llama import LlamaLayer, LlamaModel, check_shape
-from .outputs import Int4TopOutput, for_decode, int8_wanted
-
-LARGE_VOCAB = 100_000  # Qwen 151k, Gemma 262k
+from .outputs import for_decode, int8_wanted
 
 
 class QwenLayer(LlamaLayer):
@@ -62,17 +60,6 @@ class QwenModel(LlamaModel):
         self.output_bias = None
         if "output.bias" in f.tensors:
             self.output_bias = check_shape(f, "output.bias", (p.n_vocab,)).dequantize(device)
-
-    def make_output(self, f: GGUFFile):
-        """Large vocabularies (Qwen 151k, Gemma 262k) on the bf16 CPU path: int4 scores + exact top rows
-        (most of a decode step's bytes, see outputs.py); others as llama, int8 for decoding."""
-        large = int8_wanted(self.dtype, self.device) and self.params.n_vocab >= LARGE_VOCAB
-        if large and "output.weight" not in f.tensors:
-            return Int4TopOutput(self.tok_embd)
-        out = super().make_output(f)
-        if not isinstance(out, Linear) or out.packed is not None:  # tied (see llama), or already int4
-            return out
-        return Int4TopOutput(out.dense) if large else for_decode(out)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
