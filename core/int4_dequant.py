@@ -66,6 +66,11 @@ class _Scratch:
 _SCRATCH = _Scratch()
 
 
+def scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """The shared rebuild buffer (bf16 or float32): valid until the next rebuild of any matrix."""
+    return _SCRATCH.get(numel, dtype)
+
+
 class Int4Dequant:
     """Rebuilds W^T [K, N] in bf16 from a CPU int4 pack and float32 group scales/offsets ([N, K/32])."""
 

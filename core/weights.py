@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import formats
+from . import formats, gemv
 from .int4_dequant import BLOCK_N, Int4Dequant, usable as dequant_usable
 from .gguf_file import GGUFFile
 
@@ -58,20 +58,17 @@ def int4_packable(refs: list[TensorRef]) -> bool:
     return n % 16 == 0 and k % 64 == 0
 
 
-def _pack_int4(refs: list[TensorRef], device: torch.device):
-    """Repack Q4 groups for tinygemm: (packed weights, [K/32, N, 2] bf16 scales and zeros, and the exact
-    float32 [N, K/32] scales and offsets of `w = q * scale + offset`)."""
-    qs, scales, offsets = [], [], []
-    for r in refs:
-        q, s, o = formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape, device=device)
-        qs.append(q)
-        scales.append(s)
-        offsets.append(o)
-    q = torch.cat(qs)
-    scale = torch.cat(scales)
+def _unpack_int4(refs: list[TensorRef], device: torch.device):
+    """The 4-bit values [N, K] and exact float32 [N, K/32] scales and offsets (`w = q * scale + offset`)
+    of (fused) Q4 matrices."""
+    parts = [formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape, device=device) for r in refs]
+    return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
+
+
+def pack_tinygemm(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, device: torch.device):
+    """Repack Q4 groups for tinygemm: (packed weights, [K/32, N, 2] bf16 scales and zeros)."""
     # tinygemm computes (q - 8) * scale + zero; ours is q * scale + offset
-    zero = torch.cat(offsets) + 8.0 * scale
-    offset = torch.cat(offsets)
+    zero = offset + 8.0 * scale
     scale_zero = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()  # [K/32, N, 2]
     if device.type == "cpu":
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
@@ -80,7 +77,7 @@ def _pack_int4(refs: list[TensorRef], device: torch.device):
         inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * 16) == 0)
         pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # two 4-bit values per byte, high nibble first
         packed = torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), inner_k_tiles)
-    return packed, scale_zero, scale, offset
+    return packed, scale_zero
 
 
 def decode_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.device):
@@ -116,13 +113,20 @@ class Linear:
     def __init__(self, refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int4: bool = True):
         self.out_features = sum(r.info.shape[0] for r in refs)
         self.splits = [r.info.shape[0] for r in refs]
-        self.packed = self.prefill = self.dense = None
+        self.packed = self.gemv = self.prefill = self.dense = None
         self.quant = decode_matrix(refs, dtype, device)
         if self.quant is None and int4 and dtype == torch.bfloat16 and int4_packable(refs):
-            self.packed, self.scale_zero, scale, offset = _pack_int4(refs, device)
-            if dequant_usable(self.out_features, refs[0].info.shape[1], device):
-                self.prefill = Int4Dequant(self.packed, scale, offset)
-                self._column_step = _column_step(self.out_features, self.prefill.k)
+            q, scale, offset = _unpack_int4(refs, device)
+            n, k = q.shape
+            if gemv.usable(n, k, device):  # one copy in the native kernel's tiles serves both
+                self.gemv = self.prefill = gemv.Int4Gemv.from_values(q, scale, offset)
+            else:
+                self.packed, self.scale_zero = pack_tinygemm(q, scale, offset, device)
+                if dequant_usable(n, k, device):
+                    self.prefill = Int4Dequant(self.packed, scale, offset)
+            del q
+            if self.prefill is not None:
+                self._column_step = _column_step(self.out_features, k)
         if self.prefill is None:
             self.dense = torch.cat([r.dequantize(device=device, dtype=dtype) for r in refs]) if len(refs) > 1 else (
                 refs[0].dequantize(device=device, dtype=dtype)
@@ -137,6 +141,8 @@ class Linear:
         if self.quant is not None:
             quant = self.quant
             return (lambda x2: quant(x2.contiguous())), QUANT_MAX_ROWS
+        if self.gemv is not None:
+            return self.gemv, INT4_MAX_ROWS
         if self.packed is not None:
             op, packed, scale_zero = _int4_kernel(device), self.packed, self.scale_zero
             return (lambda x2: op(x2.contiguous(), packed, INT4_GROUP, scale_zero)), INT4_MAX_ROWS
@@ -167,6 +173,11 @@ class Linear:
             torch.mm(x2, rebuild.columns(n0, n1), out=y2[:, n0:n1])
         return y
 
+    @property
+    def int4(self) -> bool:
+        """Decoded from 4-bit weights (the native tiles or tinygemm's pack), with no dense copy on the CPU."""
+        return self.gemv is not None or self.packed is not None
+
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch.split(y, self.splits, dim=-1)
 
@@ -175,6 +186,8 @@ class Linear:
         """Bytes of weights read per decode step (for GB/s reports)."""
         if self.quant is not None:
             return self.quant.nbytes
+        if self.gemv is not None:
+            return self.gemv.nbytes
         if self.packed is not None:
             return self.packed.numel() * self.packed.element_size() + self.scale_zero.numel() * 2
         return self.dense.numel() * self.dense.element_size()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from llamatorch.core import int4_dequant, native
+from llamatorch.core import int4_dequant, gemv, native
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.weights import INT4_MAX_ROWS, Linear, TensorRef
 
@@ -41,13 +41,18 @@ def gguf_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(params=["native", "pytorch"])
+@pytest.fixture(params=["tiles", "pack-native", "pytorch"])
 def rebuild_path(request, monkeypatch):
-    """Rebuilds by the native kernel (where it is built) or by PyTorch passes."""
+    """Rebuilds from the native VNNI kernel's tiles (where it runs), from tinygemm's pack by the native
+    kernel (where it is built), or by PyTorch passes."""
     if request.param == "pytorch":
         monkeypatch.setattr(native, "library", lambda: None)
     elif native.library() is None:
         pytest.skip("no C compiler: the native kernels cannot be built here")
+    elif request.param == "pack-native":
+        monkeypatch.setattr(gemv, "usable", lambda *a: False)
+    elif not gemv.usable(64, 64, torch.device("cpu")):
+        pytest.skip("no AVX-512 VNNI here: int4 matrices keep tinygemm's pack")
     return request.param
 
 
@@ -73,6 +78,7 @@ def test_rebuilt_matrix_equals_dequantized_copy(gguf_path, qtype, rebuild_path):
     dense = torch.cat([TensorRef(f, n).dequantize(dtype=torch.bfloat16) for n in names])
     lin = Linear([TensorRef(f, n) for n in names], torch.bfloat16, torch.device("cpu"))
     assert lin.dense is None and lin.prefill is not None  # no second copy kept
+    assert (lin.gemv is not None) == (rebuild_path == "tiles")
     assert torch.equal(lin.prefill.weight_t(), dense.t())
     x = torch.randn(3, INT4_MAX_ROWS, dense.shape[1]).bfloat16()  # 48 rows: the GEMM path
     assert torch.equal(lin(x), torch.matmul(x, dense.t()))

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llamatorch.core import gemv
 from llamatorch.core.models import outputs
 from llamatorch.core.models.outputs import DenseOutput, Int4TopOutput, Int8Output
 
@@ -12,12 +13,19 @@ def _exact(x, w):
     return F.linear(x.float(), w.float())
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
 @pytest.mark.parametrize("cls, n_vocab", [(Int4TopOutput, 65536), (Int8Output, 8192)])
-def test_decode_rows_are_exact_on_the_head(cls, n_vocab):
-    """Compact scores everywhere, float32 products of the bf16 rows on each row's best entries."""
+def test_decode_rows_are_exact_on_the_head(cls, n_vocab, native, monkeypatch):
+    """Compact scores everywhere (by the native VNNI kernels or PyTorch's), float32 products of the
+    bf16 rows on each row's best entries."""
+    if not native:
+        monkeypatch.setattr(gemv, "usable", lambda *a: False)
+    elif not gemv.usable(16, 32, torch.device("cpu")):
+        pytest.skip("no native build with AVX-512 VNNI here")
     torch.manual_seed(0)
     w = torch.randn(n_vocab, 64).bfloat16()
     out = cls(w)
+    assert (getattr(out, "gemv", None) is not None) == (native and cls is Int4TopOutput)
     x = torch.randn(3, 64).bfloat16()
     y, exact = out(x), _exact(x, w)
     assert y.dtype == torch.float32

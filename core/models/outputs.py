@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear
+from .. import gemv
+from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear, pack_tinygemm
 
 _CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
 _INT8_MM = torch.ops.aten._weight_int8pack_mm.default  # looked up once: decoding calls it per layer
@@ -36,26 +37,40 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear:
-    """Linear's interface over a dense matrix: dense GEMM for many rows, int8 kernel for <= 16 rows."""
+    """Linear's interface over a dense matrix: dense GEMM for many rows, int8 kernel for <= 16 rows
+    (the native VNNI one where it runs, gemv.py, else PyTorch's)."""
 
     def __init__(self, dense: torch.Tensor, splits: list[int]):
         self.dense, self.splits = dense, splits
         self.out_features = dense.shape[0]
-        self.q, self.scale = quantize_rows(dense)
+        q, scale = quantize_rows(dense)
+        n, k = dense.shape
+        if gemv.usable(n, k, dense.device):
+            self.gemv = gemv.Int8Gemv(q, scale)
+            self._few = self.gemv
+        else:
+            self.gemv, self.q, self.scale = None, q, scale
+            self._few = lambda x2: _INT8_MM(x2, q, scale)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.numel() // shape[-1]
         if rows > INT4_MAX_ROWS:
             return F.linear(x, self.dense)
-        y = _INT8_MM(x.reshape(rows, shape[-1]), self.q, self.scale)
+        y = self._few(x.reshape(rows, shape[-1]))
         return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
+
+    @property
+    def few_rows(self):
+        return self._few
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch.split(y, self.splits, dim=-1)
 
     @property
     def nbytes_decode(self) -> int:
+        if self.gemv is not None:
+            return self.gemv.nbytes
         return self.q.numel() + self.scale.numel() * self.scale.element_size()
 
 
@@ -65,7 +80,7 @@ def int8_wanted(dtype: torch.dtype, device: torch.device) -> bool:
 
 def for_decode(lin: Linear) -> Linear | Int8Linear:
     """The int8 variant of a Linear that has no int4 packing (on the bf16 CPU path), else itself."""
-    if lin.packed is None and int8_wanted(lin.dense.dtype, lin.dense.device):
+    if not lin.int4 and int8_wanted(lin.dense.dtype, lin.dense.device):
         return Int8Linear(lin.dense, lin.splits)
     return lin
 
@@ -193,37 +208,36 @@ def output_matrix(lin: Linear | None, emb: torch.Tensor, dtype: torch.dtype, dev
     """The output projection: `lin` (output.weight), or tied to the embedding matrix `emb` (already
     dequantized to `dtype`) when None; `quant`: the tied matrix's Triton form for CUDA decoding.
 
-    On the bf16 CPU path a dense matrix decodes through compact scores rescored exactly at the head
-    (int4 for vocabularies of at least LARGE_VOCAB, where the matrix is most of a step's bytes, else
-    int8).  An int4-packed output.weight stays a Linear (its bf16 logits are approximate)."""
+    On the bf16 CPU path a dense matrix decodes through compact scores rescored exactly at the head:
+    int4 where the native kernel runs (half the bytes of int8: decoding streams the matrix from memory
+    every step), or for vocabularies of at least LARGE_VOCAB (most of a step's bytes), else int8.  An int4-packed output.weight stays a Linear (its bf16 logits are approximate)."""
     if not int8_wanted(dtype, device) or (lin is None and quant is not None):
         return DenseOutput(emb, quant) if lin is None else lin
     weight = emb if lin is None else lin.dense
     if weight is None:
         return lin
-    return Int4TopOutput(weight) if weight.shape[0] >= LARGE_VOCAB else Int8Output(weight)
+    n, k = weight.shape
+    if n >= LARGE_VOCAB or gemv.usable(n, k, device):
+        return Int4TopOutput(weight)
+    return Int8Output(weight)
 
 
-def quantize_int4_groups(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """w: [N, K] -> tinygemm's CPU int4 layout (packed [N, K/2], scale_zero [K/group, N, 2] bf16).
-
-    Asymmetric per group: w ~= q * scale + min with q in 0..15; tinygemm computes (q - 8) * scale + zero.
-    """
+def int4_groups(w: torch.Tensor, group: int = 32):
+    """w: [N, K] -> (first row, q uint8 [n, K] in 0..15, scale [n, K/group], offset [n, K/group]) for
+    blocks of _CHUNK rows, w ~= q * scale + offset per group (asymmetric; scale and offset are half
+    floats, so they are stored exactly either way)."""
     N, K = w.shape
-    packed = torch.empty((N, K // 2), dtype=torch.uint8, device=w.device)
-    sz = torch.empty((K // group, N, 2), dtype=torch.bfloat16, device=w.device)
     for i in range(0, N, _CHUNK):
         g = w[i : i + _CHUNK].float().unflatten(1, (K // group, group))  # [n, K/g, g]
-        lo, hi = g.amin(-1), g.amax(-1)
-        scale = ((hi - lo) / 15.0).clamp_min(1e-30)
-        q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).flatten(1)
-        packed[i : i + _CHUNK] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
-        sz[:, i : i + _CHUNK] = torch.stack([scale, lo + 8.0 * scale], dim=-1).transpose(0, 1).to(torch.bfloat16)
-    return packed, sz
+        lo, hi = g.amin(-1).half().float(), g.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp_min(1e-7).half().float()
+        q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).flatten(1)
+        yield i, q, scale, lo
 
 
 class Int4TopOutput(RescoredOutput):
-    """int4 scores for a large-vocabulary output matrix (Qwen 151k, Gemma 3 262k).
+    """int4 scores for the output matrix, by the native VNNI kernel where it runs (gemv.py), else
+    tinygemm; used for every vocabulary when the native kernel runs, else for large ones only.
 
     On Gemma 3's tied 262144 x 640 matrix the int4 pass reads 84 MB instead of 168 MB (int8) or 335 MB
     (bf16), about half the time of int8 (10 ms vs 22 ms, 1 thread).  Its error (mean 0.3, max 3 logits,
@@ -233,11 +247,26 @@ class Int4TopOutput(RescoredOutput):
 
     def __init__(self, weight: torch.Tensor, top: int = 256):
         super().__init__(weight, top)
-        self.packed, self.scale_zero = quantize_int4_groups(weight)
+        n, k = weight.shape
+        self.gemv = gemv.Int4Gemv(n, k, half=True) if gemv.usable(n, k, weight.device) else None
+        if self.gemv is None:
+            self.packed = torch.empty((n, k // 2), dtype=torch.uint8)
+            self.scale_zero = torch.empty((k // 32, n, 2), dtype=torch.bfloat16)
+        for i, q, scale, offset in int4_groups(weight):
+            if self.gemv is not None:
+                self.gemv.fill(i, q, scale, offset)
+            else:
+                packed, sz = pack_tinygemm(q, scale, offset, weight.device)
+                self.packed[i : i + q.shape[0]], self.scale_zero[:, i : i + q.shape[0]] = packed, sz
 
     def approximate(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.gemv is not None:
+            return self.gemv(x2)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, 32, self.scale_zero)
 
     @property
     def nbytes_decode(self) -> int:
-        return self.packed.numel() + self.scale_zero.numel() * 2 + self.top * self.weight.shape[1] * 2
+        rescored = self.top * self.weight.shape[1] * 2
+        if self.gemv is not None:
+            return self.gemv.nbytes + rescored
+        return self.packed.numel() + self.scale_zero.numel() * 2 + rescored
