@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "perplexity",
     "batched_bench",
     "embedding",
+    "server",
 ]
 
 app = typer.Typer(

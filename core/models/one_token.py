@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import native
 from .common import rms_scale_row
 
 
@@ -39,6 +40,7 @@ class OneTokenDecode:
         self.layers = [(attn_norm, ffn_norm, L.qkv.few_rows, L.wo.few_rows, L.gate_up.few_rows, L.down.few_rows)
                        for L, (attn_norm, ffn_norm) in zip(model.layers, model.norm_weights)]
         self._views: tuple | None = None  # (cache, row, per-layer K/V views of that cache row)
+        self._visible: torch.Tensor | None = None  # an all-True mask row for the native attention
 
     @staticmethod
     def applies(step) -> bool:
@@ -51,6 +53,19 @@ class OneTokenDecode:
             views = [(k[row], v[row], k[row : row + 1], v[row : row + 1]) for k, v in zip(cache.k, cache.v)]
             self._views = (cache, row, views)
         return self._views[2]
+
+    def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, S: int) -> torch.Tensor:
+        """The query's heads [H, hd] over the S cells: the native kernel where it runs, as the batched
+        path (common._attend_all) uses it for every decode batch, so both give the same bits; else SDPA
+        with the query heads grouped by KV head."""
+        p = self.p
+        if self._visible is None or self._visible.shape[-1] < S:
+            self._visible = torch.ones(1, 1, 1, max(S, 256) * 2, dtype=torch.bool)
+        out = native.attention(q.view(1, p.n_head, 1, p.head_dim), keys, values, self._visible[..., :S], self.scale)
+        if out is not None:
+            return out
+        q = q.view(1, p.n_head_kv, p.n_head // p.n_head_kv, p.head_dim)
+        return F.scaled_dot_product_attention(q, keys, values, scale=self.scale)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """rms_norm's one-row arithmetic (x * scale, then * weight, in float32), rounded into self.h."""
@@ -73,8 +88,7 @@ class OneTokenDecode:
             qk = torch.view_as_real(torch.view_as_complex(qk.float().view(H + HKV, hd // 2, 2)) * cis)
             k3.select(1, pos).copy_(qk[H:].view(HKV, hd))  # rounded to bf16 by the copy, as .to() would
             v3.select(1, pos).copy_(v.view(HKV, hd))
-            q = qk[:H].to(torch.bfloat16).view(1, HKV, H // HKV, hd)  # query heads grouped by KV head
-            a = F.scaled_dot_product_attention(q, k4.narrow(2, 0, S), v4.narrow(2, 0, S), scale=self.scale)
+            a = self._attention(qk[:H].to(torch.bfloat16), k4.narrow(2, 0, S), v4.narrow(2, 0, S), S)
             x_row += wo(a.view(1, H * hd))
             g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)
             x_row += down(F.silu(g, inplace=True).mul_(u))

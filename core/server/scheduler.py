@@ -1,0 +1,309 @@
+"""Continuous batching over one Engine: slots, a queue of jobs, one `Engine.decode` per step.
+
+One thread owns the engine.  Each step it decodes the last sampled token of every slot that is
+generating and a chunk of the prompt of every slot that is still prefilling (llama-server's continuous
+batching: a new request starts at the next step, not after the others end).  Prompt chunks run in
+batches of their own, beside the decode batch, so that no request's numbers depend on the others'
+(see `_batches`).  Each slot is one KV
+sequence of the engine's cache and remembers the tokens whose K/V it holds, so a request whose prompt
+shares a prefix with a slot's last conversation evaluates only the rest (prompt caching; the free slot
+with the longest common prefix is chosen).
+
+Jobs talk to their submitter through a callback that receives events (`Event`) from this thread; the
+HTTP layer hands them to its event loop.  A job whose `cancel()` was called (client gone) is dropped at
+the start of the next step and its slot freed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..engine import Batch, Engine
+from ..errors import LlamatorchError
+from ..sampling import Sampler, SamplerParams
+from ..tokenizer import StreamDecoder
+from ..weights import INT4_MAX_ROWS
+
+
+DECODE_ROWS = INT4_MAX_ROWS  # rows the few-row kernels take (see Scheduler._batches)
+
+
+class QueueFull(LlamatorchError):
+    """More requests waiting than the queue holds (HTTP 503)."""
+
+
+@dataclass
+class Event:
+    kind: str  # "text" (a piece of the answer) | "done" | "error"
+    text: str = ""
+    result: "Result | None" = None
+
+
+@dataclass
+class Result:
+    finish_reason: str  # "stop" (end of generation or a stop string) | "length" (max tokens or context)
+    n_prompt: int  # tokens of the prompt
+    n_cached: int  # of which came from the slot's cache
+    n_predicted: int  # tokens generated
+    prompt_ms: float
+    predicted_ms: float
+    slot: int
+    stopping_word: str = ""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    params: SamplerParams
+    n_predict: int  # -1: until the end of generation or the slot's context
+    on_event: Callable[[Event], None]
+    stop: list[str] = field(default_factory=list)
+    cache_prompt: bool = True
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the scheduler thread at its next step
+
+
+@dataclass
+class Slot:
+    id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose K/V sit at positions 0..len-1
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    pos: int = 0  # next position to write
+    next_token: int | None = None  # sampled, to be evaluated next step
+    sampler: Sampler | None = None
+    decoder: StreamDecoder | None = None
+    text: str = ""  # the answer so far
+    sent: int = 0  # characters of text already sent (the rest may be the start of a stop string)
+    generated: list[int] = field(default_factory=list)
+    n_cached: int = 0
+    t_start: float = 0.0
+    t_first: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Characters at the end of `text` that could begin one of `stops` (not to be sent yet)."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return keep
+
+
+class Scheduler:
+    """Owns `engine` (whose cache has one sequence per slot) on a thread of its own."""
+
+    def __init__(self, engine: Engine, n_batch: int = 2048, max_queue: int = 64, log=None):
+        self.engine = engine
+        self.n_batch = max(1, n_batch)
+        self.slots = [Slot(i) for i in range(engine.n_seq)]
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self.max_queue = max_queue
+        self.waiting: list[Job] = []  # taken from the queue, no free slot yet
+        self.log = log or (lambda msg: None)
+        self.tokenizer = engine.tokenizer
+        self.n_ctx_slot = engine.n_ctx
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llamatorch-scheduler", daemon=True)
+        # counters for /metrics and /slots
+        self.n_prompt_total = 0
+        self.n_predicted_total = 0
+        self.n_requests = 0
+
+    # ---- the submitter's side (any thread) -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if not job.prompt:
+            raise LlamatorchError("the prompt is empty")
+        if len(job.prompt) > self.n_ctx_slot - 1:
+            raise LlamatorchError(f"the prompt is too long ({len(job.prompt)} tokens, slot context "
+                                  f"{self.n_ctx_slot})")
+        if self.queue.qsize() + len(self.waiting) >= self.max_queue:
+            raise QueueFull(f"the server is busy ({self.max_queue} requests waiting): retry later")
+        self.queue.put(job)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.queue.put(None)  # wake the thread
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    @property
+    def n_processing(self) -> int:
+        return sum(s.busy for s in self.slots)
+
+    @property
+    def n_deferred(self) -> int:
+        return self.queue.qsize() + len(self.waiting)
+
+    # ---- the scheduler thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._take_jobs(block=not any(s.busy for s in self.slots))
+                if self._stop.is_set():
+                    break
+                try:
+                    self.step()
+                except Exception as exc:  # a failed step ends its jobs, never the server
+                    self.log(f"server: step failed: {type(exc).__name__}: {exc}")
+                    for s in self.slots:
+                        if s.busy:
+                            self._fail(s, f"internal error: {exc}")
+        for s in self.slots:
+            if s.busy:
+                self._fail(s, "the server is shutting down")
+        for job in self.waiting:
+            job.on_event(Event("error", "the server is shutting down"))
+
+    def _take_jobs(self, block: bool) -> None:
+        try:
+            job = self.queue.get(timeout=0.5) if block else self.queue.get_nowait()
+        except queue.Empty:
+            return
+        while job is not None or not self.queue.empty():
+            if job is not None:
+                self.waiting.append(job)
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def step(self) -> None:
+        for s in self.slots:
+            if s.busy and s.job.cancelled:
+                self._release(s)
+        self.waiting = [j for j in self.waiting if not j.cancelled]
+        while self.waiting and any(not s.busy for s in self.slots):
+            self._assign(self.waiting.pop(0))
+        for batch, flagged in self._batches():
+            logits = self.engine.decode(batch)
+            for row, slot in enumerate(flagged):
+                self._sampled(slot, logits[row])
+
+    def _assign(self, job: Job) -> None:
+        """Give `job` the free slot whose cache shares the longest prefix with its prompt."""
+        free = [s for s in self.slots if not s.busy]
+        slot = max(free, key=lambda s: common_prefix(s.cached, job.prompt) if job.cache_prompt else 0)
+        keep = common_prefix(slot.cached, job.prompt) if job.cache_prompt else 0
+        keep = min(keep, len(job.prompt) - 1)  # the last prompt token is evaluated again for its logits
+        self.engine.cache.truncate(slot.id, keep)
+        slot.cached = job.prompt[:keep]
+        slot.job, slot.pending, slot.pos, slot.next_token = job, job.prompt[keep:], keep, None
+        slot.sampler = Sampler(job.params, self.engine.n_vocab)
+        for t in job.prompt:
+            slot.sampler.accept(t)
+        slot.decoder = StreamDecoder(self.tokenizer)
+        slot.text, slot.sent, slot.generated, slot.n_cached = "", 0, [], keep
+        slot.t_start, slot.t_first = time.perf_counter(), 0.0
+        self.n_requests += 1
+
+    def _batches(self) -> list[tuple[Batch, list[Slot]]]:
+        """This step's batches: one token of every generating slot (in groups of at most DECODE_ROWS),
+        then a chunk of each prefilling slot's prompt, within n_batch tokens in all.
+
+        Prompts get batches of their own, and decode batches stay within the few-row kernels, because
+        a row's numbers must not depend on its neighbours: more rows than DECODE_ROWS take the dense
+        GEMM path, whose rounding differs from the matrix-vector kernels', and a greedy answer would
+        change with the load on the server."""
+        out = []
+        generating = [s for s in self.slots if s.busy and s.next_token is not None]
+        for i in range(0, len(generating), DECODE_ROWS):
+            group = generating[i : i + DECODE_ROWS]
+            batch = Batch()
+            for s in group:
+                batch.add(s.next_token, s.pos, s.id, logits=True)
+            out.append((batch, group))
+        budget = self.n_batch - len(generating)
+        for s in self.slots:
+            if budget <= 0:
+                break
+            if s.busy and s.pending:
+                chunk, s.pending = s.pending[:budget], s.pending[budget:]
+                batch = Batch.sequence(chunk, s.pos, s.id)  # logits for the last token only
+                batch.logits[-1] = not s.pending
+                s.cached = s.cached + chunk
+                s.pos += len(chunk)
+                budget -= len(chunk)
+                self.n_prompt_total += len(chunk)
+                out.append((batch, [] if s.pending else [s]))
+        return out
+
+    def _sampled(self, s: Slot, logits: torch.Tensor) -> None:
+        if s.next_token is not None:  # the token just evaluated is now in the cache
+            s.cached.append(s.next_token)
+            s.pos += 1
+            s.next_token = None
+        elif not s.t_first:
+            s.t_first = time.perf_counter()
+        token = s.sampler.sample(logits)
+        s.sampler.accept(token)
+        job = s.job
+        if self.tokenizer.is_eog(token):
+            return self._finish(s, "stop")
+        s.generated.append(token)
+        self.n_predicted_total += 1
+        s.text += s.decoder.feed(token)
+        for stop in job.stop:
+            at = s.text.find(stop, max(0, s.sent - len(stop)))
+            if at >= 0:
+                s.text = s.text[:at]
+                return self._finish(s, "stop", stopping_word=stop)
+        # the next evaluation would write at s.pos: past the slot's context there is no room
+        if len(s.generated) >= job.n_predict >= 0 or s.pos >= self.n_ctx_slot:
+            s.text += s.decoder.flush()
+            return self._finish(s, "length")
+        upto = len(s.text) - held_back(s.text, job.stop)
+        if upto > s.sent:
+            job.on_event(Event("text", s.text[s.sent:upto]))
+            s.sent = upto
+        s.next_token = token
+
+    def _finish(self, s: Slot, reason: str, stopping_word: str = "") -> None:
+        job = s.job
+        if len(s.text) > s.sent:
+            job.on_event(Event("text", s.text[s.sent:]))
+        now = time.perf_counter()
+        t_first = s.t_first or now
+        result = Result(reason, len(job.prompt), s.n_cached, len(s.generated), (t_first - s.t_start) * 1e3,
+                        (now - t_first) * 1e3, s.id, stopping_word)
+        self.log(f"server: slot {s.id}: prompt {result.n_prompt} tokens ({result.n_cached} cached) "
+                 f"{result.prompt_ms:.0f} ms, {result.n_predicted} predicted {result.predicted_ms:.0f} ms, "
+                 f"{reason}")
+        self._release(s)
+        job.on_event(Event("done", result=result))
+
+    def _fail(self, s: Slot, message: str) -> None:
+        job = s.job
+        self._release(s)
+        s.cached = []  # a failed step may have left its cells half written: reuse nothing
+        job.on_event(Event("error", message))
+
+    def _release(self, s: Slot) -> None:
+        """Free the slot; its cache keeps the evaluated tokens for the next job's prefix."""
+        s.pending = []  # (an unfinished prompt: the cells past `cached` were never written)
+        s.job, s.next_token, s.sampler, s.decoder = None, None, None, None
