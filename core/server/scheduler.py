@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..chat_session import _common_prefix as common_prefix
 from ..engine import Batch, Engine
 from ..errors import LlamatorchError
 from ..sampling import Sampler, SamplerParams
@@ -91,14 +92,6 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job is not None
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def held_back(text: str, stops: list[str]) -> int:
@@ -208,8 +201,9 @@ class Scheduler:
     def _assign(self, job: Job) -> None:
         """Give `job` the free slot whose cache shares the longest prefix with its prompt."""
         free = [s for s in self.slots if not s.busy]
-        slot = max(free, key=lambda s: common_prefix(s.cached, job.prompt) if job.cache_prompt else 0)
-        keep = common_prefix(slot.cached, job.prompt) if job.cache_prompt else 0
+        shared = [common_prefix(s.cached, job.prompt) if job.cache_prompt else 0 for s in free]
+        keep = max(shared)
+        slot = free[shared.index(keep)]
         keep = min(keep, len(job.prompt) - 1)  # the last prompt token is evaluated again for its logits
         self.engine.cache.truncate(slot.id, keep)
         slot.cached = job.prompt[:keep]

@@ -51,6 +51,14 @@ class Sampling(_Body):
     repeat_penalty: Optional[float] = Field(None, ge=0.0)
     stop: Union[str, list[str], None] = None
     cache_prompt: bool = True
+    n: int = 1  # choices per request: only 1
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n = 1 is supported")
+        return n
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -65,15 +73,7 @@ class ChatRequest(Sampling):
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
-    n: int = 1
     logprobs: bool = False
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n = 1 is supported")
-        return n
 
 
 class CompletionRequest(Sampling):
@@ -87,14 +87,6 @@ class CompletionRequest(Sampling):
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     n_predict: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)
     echo: bool = False
-    n: int = 1
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n = 1 is supported")
-        return n
 
     def the_prompt(self) -> Union[str, list[int]]:
         p = self.prompt if self.prompt is not None else self.content
