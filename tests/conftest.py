@@ -16,12 +16,23 @@ REF = Path(os.environ.get("LLAMATORCH_REF", REPO.parent / "shared" / "ref"))
 
 @pytest.fixture(scope="session")
 def ref_dir() -> Path:
-    if not REF.is_dir():
-        pytest.fail(f"reference folder {REF} is missing (expected ../shared/ref beside the repository)")
+    _need_ref()
     return REF
 
 
+def _need_ref() -> None:
+    """Without ../shared/ref (a plain clone), tests that compare against llama.cpp's reference files are
+    skipped with the reason; CI has the folder, so there a missing one fails."""
+    if REF.is_dir():
+        return
+    msg = f"reference folder {REF} is missing (expected ../shared/ref beside the repository)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg, allow_module_level=True)
+
+
 def load_ref(name: str):
+    _need_ref()
     return json.loads((REF / name).read_text())
 
 
