@@ -31,9 +31,14 @@ def _need_ref() -> None:
     pytest.skip(msg, allow_module_level=True)
 
 
-def load_ref(name: str):
+def ref_path(name: str) -> Path:
+    """A file of the reference folder (skips the test or module, as above, when the folder is missing)."""
     _need_ref()
-    return json.loads((REF / name).read_text())
+    return REF / name
+
+
+def load_ref(name: str):
+    return json.loads(ref_path(name).read_text())
 
 
 def _model(name: str) -> Path:

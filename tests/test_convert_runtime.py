@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REF, run_cli
+from conftest import ref_path, run_cli
 from helpers.tiny_decoders import TOL, hf_logits, hf_model, random_tokens, tiny_config
 from llamatorch.core.engine import Batch, Engine
 
@@ -17,7 +17,7 @@ def test_converted_checkpoint_matches_transformers(arch, tmp_path):
     ckpt = tmp_path / "hf"
     model.save_pretrained(ckpt)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(REF / "smollm2-135m-hf-config" / name, ckpt / name)
+        shutil.copy(ref_path("smollm2-135m-hf-config") / name, ckpt / name)
     out = tmp_path / "m.gguf"
     proc = run_cli("convert-hf-to-gguf", str(ckpt), "--outfile", str(out), "--outtype", "f32")
     assert proc.returncode == 0, proc.stderr

@@ -34,9 +34,9 @@ def run_ppl(model_path, *extra) -> tuple[list[float], float, float]:
 
 
 def _ref_text():
-    from conftest import REF
+    from conftest import ref_path
 
-    return REF / "ppl_text.txt"
+    return ref_path("ppl_text.txt")
 
 
 def check_against(ref: dict, cumulative: list[float], ppl: float, err: float) -> None:

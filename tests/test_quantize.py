@@ -20,10 +20,9 @@ def tensor_hashes(path) -> dict[str, dict[str, str]]:
 
 
 def _combos():
-    from conftest import REF
+    from conftest import load_ref
 
-    ref = json.loads((REF / "quantize.json").read_text())
-    return sorted(ref["results"])
+    return sorted(load_ref("quantize.json")["results"])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import pre_tokenizers
 
-from conftest import REF, load_ref, run_cli
+from conftest import load_ref, ref_path, run_cli
 from llamatorch.core.errors import LlamatorchError
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.tokenizer import Tokenizer
@@ -86,14 +86,14 @@ def smol_md(smollm2_path):
 
 
 def _hf_smol(pre, ignore_merges=False):
-    tok = HFTokenizer.from_file(str(REF / "smollm2-135m-hf-config" / "tokenizer.json"))
+    tok = HFTokenizer.from_file(str(ref_path("smollm2-135m-hf-config") / "tokenizer.json"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.model.ignore_merges = ignore_merges
     return tok
 
 
 def _corpus():
-    lines = (REF / "ppl_text.txt").read_text()[:20000].splitlines()
+    lines = ref_path("ppl_text.txt").read_text()[:20000].splitlines()
     return [ln for ln in lines if ln] + TEXTS[:12] + TEXTS[20:]
 
 
