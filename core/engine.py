@@ -87,6 +87,7 @@ class Engine:
         self.n_threads = set_threads(threads)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.model_path = Path(model_path)
         self.file = GGUFFile(model_path)
         cls = model_class(self.file)
         with torch.inference_mode():

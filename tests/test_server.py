@@ -6,64 +6,18 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from conftest import assert_clean_error, run_cli
+from helpers.server_process import Server
 
 pytestmark = pytest.mark.slow
 openai = pytest.importorskip("openai")
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, *args: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llamatorch.cli.app", "server", "-m", "smollm2", "--port", str(self.port),
-             "-t", "2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the server did not become healthy in 120 s")
-
-    def client(self, **kw) -> "openai.OpenAI":
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
-
-    def post(self, path: str, body=None, **kw) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=120, **kw)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stderr.read()
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -30,6 +31,7 @@ from ..errors import LlamatorchError
 from ..sampling import Sampler, SamplerParams
 from ..tokenizer import StreamDecoder
 from ..weights import INT4_MAX_ROWS
+from .probs import TokenProb, token_prob
 
 
 DECODE_ROWS = INT4_MAX_ROWS  # rows the few-row kernels take (see Scheduler._batches)
@@ -44,6 +46,7 @@ class Event:
     kind: str  # "text" (a piece of the answer) | "done" | "error"
     text: str = ""
     result: "Result | None" = None
+    probs: list[TokenProb] = field(default_factory=list)  # of the tokens whose text this event completes
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Job:
     on_event: Callable[[Event], None]
     stop: list[str] = field(default_factory=list)
     cache_prompt: bool = True
+    n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -85,6 +89,9 @@ class Slot:
     text: str = ""  # the answer so far
     sent: int = 0  # characters of text already sent (the rest may be the start of a stop string)
     generated: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each generated token's text begins in `text`
+    probs: list[TokenProb] = field(default_factory=list)  # of generated tokens (when the job asks)
+    probs_sent: int = 0
     n_cached: int = 0
     t_start: float = 0.0
     t_first: float = 0.0
@@ -106,23 +113,35 @@ def held_back(text: str, stops: list[str]) -> int:
 
 
 class Scheduler:
-    """Owns `engine` (whose cache has one sequence per slot) on a thread of its own."""
+    """Owns `engine` (whose cache has one sequence per slot) on a thread of its own.
 
-    def __init__(self, engine: Engine, n_batch: int = 2048, max_queue: int = 64, log=None):
+    `n_ctx_slot` is the most one slot may hold; `pool`, when set (-kvu), bounds the cells all slots hold
+    together: idle slots' caches are dropped first when it fills, then the newest generating slots end
+    with "length"."""
+
+    def __init__(self, engine: Engine, n_batch: int = 2048, max_queue: int = 64, log=None,
+                 pool: int | None = None):
         self.engine = engine
         self.n_batch = max(1, n_batch)
         self.slots = [Slot(i) for i in range(engine.n_seq)]
-        self.queue: queue.Queue[Job] = queue.Queue()
+        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.controls: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self.max_queue = max_queue
         self.waiting: list[Job] = []  # taken from the queue, no free slot yet
         self.log = log or (lambda msg: None)
         self.tokenizer = engine.tokenizer
         self.n_ctx_slot = engine.n_ctx
+        self.pool = pool
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llamatorch-scheduler", daemon=True)
-        # counters for /metrics and /slots
-        self.n_prompt_total = 0
+        # counters for /metrics
+        self.n_prompt_total = 0  # prompt tokens evaluated (cached ones excluded)
+        self.t_prompt_total = 0.0  # seconds from assignment to first token, summed over finished jobs
         self.n_predicted_total = 0
+        self.t_predicted_total = 0.0
+        self.n_decode_total = 0  # engine.decode calls
+        self.n_busy_total = 0  # busy slots summed over steps (average = n_busy_total / n_steps)
+        self.n_steps = 0
         self.n_requests = 0
 
     # ---- the submitter's side (any thread) -------------------------------------------------------
@@ -132,16 +151,33 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         if not job.prompt:
             raise LlamatorchError("the prompt is empty")
-        if len(job.prompt) > self.n_ctx_slot - 1:
-            raise LlamatorchError(f"the prompt is too long ({len(job.prompt)} tokens, slot context "
-                                  f"{self.n_ctx_slot})")
+        limit = min(self.n_ctx_slot, self.pool or self.n_ctx_slot)
+        if len(job.prompt) > limit - 1:
+            raise LlamatorchError(f"the prompt is too long ({len(job.prompt)} tokens, slot context {limit})")
+        if self._stop.is_set():
+            raise QueueFull("the server is shutting down")
         if self.queue.qsize() + len(self.waiting) >= self.max_queue:
             raise QueueFull(f"the server is busy ({self.max_queue} requests waiting): retry later")
         self.queue.put(job)
 
-    def shutdown(self) -> None:
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the scheduler thread between two steps (it owns the engine); its result or
+        exception arrives in the returned future."""
+        fut: Future = Future()
+        if self._stop.is_set():
+            fut.set_exception(QueueFull("the server is shutting down"))
+            return fut
+        self.controls.put((fn, fut))
+        self.queue.put(None)  # wake the thread if it waits for jobs
+        return fut
+
+    def stop(self) -> None:
+        """Begin shutting down: every running or waiting job ends with an error event."""
         self._stop.set()
-        self.queue.put(None)  # wake the thread
+        self.queue.put(None)
+
+    def shutdown(self) -> None:
+        self.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
@@ -153,11 +189,16 @@ class Scheduler:
     def n_deferred(self) -> int:
         return self.queue.qsize() + len(self.waiting)
 
+    @property
+    def cells_used(self) -> int:
+        return sum(len(s.cached) for s in self.slots)
+
     # ---- the scheduler thread ----------------------------------------------------------------------
     def _run(self) -> None:
         with torch.inference_mode():
             while not self._stop.is_set():
                 self._take_jobs(block=not any(s.busy for s in self.slots))
+                self._run_controls()
                 if self._stop.is_set():
                     break
                 try:
@@ -170,8 +211,23 @@ class Scheduler:
         for s in self.slots:
             if s.busy:
                 self._fail(s, "the server is shutting down")
+        self._take_jobs(block=False)
         for job in self.waiting:
             job.on_event(Event("error", "the server is shutting down"))
+        self.waiting = []
+        while not self.controls.empty():
+            self.controls.get_nowait()[1].set_exception(QueueFull("the server is shutting down"))
+
+    def _run_controls(self) -> None:
+        while True:
+            try:
+                fn, fut = self.controls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
 
     def _take_jobs(self, block: bool) -> None:
         try:
@@ -193,8 +249,15 @@ class Scheduler:
         self.waiting = [j for j in self.waiting if not j.cancelled]
         while self.waiting and any(not s.busy for s in self.slots):
             self._assign(self.waiting.pop(0))
-        for batch, flagged in self._batches():
+        if self.pool is not None:
+            self._make_room()
+        batches = self._batches()
+        if batches:
+            self.n_steps += 1
+            self.n_busy_total += self.n_processing
+        for batch, flagged in batches:
             logits = self.engine.decode(batch)
+            self.n_decode_total += 1
             for row, slot in enumerate(flagged):
                 self._sampled(slot, logits[row])
 
@@ -213,8 +276,28 @@ class Scheduler:
             slot.sampler.accept(t)
         slot.decoder = StreamDecoder(self.tokenizer)
         slot.text, slot.sent, slot.generated, slot.n_cached = "", 0, [], keep
+        slot.starts, slot.probs, slot.probs_sent = [], [], 0
         slot.t_start, slot.t_first = time.perf_counter(), 0.0
         self.n_requests += 1
+
+    def _make_room(self) -> None:
+        """-kvu: keep this step's writes within the shared pool of cells."""
+        generating = [s for s in self.slots if s.busy and s.next_token is not None]
+        prefilling = [s for s in self.slots if s.busy and s.pending]
+        need = len(generating) + (1 if prefilling else 0)  # at least one prompt token must move
+        for s in sorted((s for s in self.slots if not s.busy and s.cached), key=lambda s: -len(s.cached)):
+            if self.cells_used + need <= self.pool:
+                break
+            self.engine.cache.truncate(s.id, 0)
+            s.cached = []
+        newest_first = sorted(generating, key=lambda s: -s.t_start)
+        while newest_first and self.cells_used + need > self.pool:
+            s = newest_first.pop(0)
+            s.text += s.decoder.flush()
+            self._finish(s, "length")
+            need -= 1
+        if prefilling and not generating and self.cells_used + 1 > self.pool:
+            self._fail(max(prefilling, key=lambda s: s.t_start), "the context pool (-c with -kvu) is full")
 
     def _batches(self) -> list[tuple[Batch, list[Slot]]]:
         """This step's batches: one token of every generating slot (in groups of at most DECODE_ROWS),
@@ -233,6 +316,8 @@ class Scheduler:
                 batch.add(s.next_token, s.pos, s.id, logits=True)
             out.append((batch, group))
         budget = self.n_batch - len(generating)
+        if self.pool is not None:
+            budget = min(budget, self.pool - self.cells_used - len(generating))
         for s in self.slots:
             if budget <= 0:
                 break
@@ -261,6 +346,9 @@ class Scheduler:
             return self._finish(s, "stop")
         s.generated.append(token)
         self.n_predicted_total += 1
+        if job.n_probs is not None:
+            s.probs.append(token_prob(logits, token, job.n_probs, self.tokenizer.token_to_piece))
+        s.starts.append(len(s.text))
         s.text += s.decoder.feed(token)
         for stop in job.stop:
             at = s.text.find(stop, max(0, s.sent - len(stop)))
@@ -273,18 +361,32 @@ class Scheduler:
             return self._finish(s, "length")
         upto = len(s.text) - held_back(s.text, job.stop)
         if upto > s.sent:
-            job.on_event(Event("text", s.text[s.sent:upto]))
+            job.on_event(Event("text", s.text[s.sent:upto], probs=self._probs_upto(s, upto)))
             s.sent = upto
         s.next_token = token
 
+    def _probs_upto(self, s: Slot, upto: int) -> list[TokenProb]:
+        """Log-probabilities not sent yet of the tokens whose text begins before character `upto`."""
+        if not s.probs:
+            return []
+        n = s.probs_sent
+        while n < len(s.probs) and s.starts[n] < upto:
+            n += 1
+        out, s.probs_sent = s.probs[s.probs_sent:n], n
+        return out
+
     def _finish(self, s: Slot, reason: str, stopping_word: str = "") -> None:
         job = s.job
-        if len(s.text) > s.sent:
-            job.on_event(Event("text", s.text[s.sent:]))
+        # a stop string cut the text: tokens that began inside it are not part of the answer
+        rest = self._probs_upto(s, len(s.text) if stopping_word else 1 << 62)
+        if len(s.text) > s.sent or rest:
+            job.on_event(Event("text", s.text[s.sent:], probs=rest))
         now = time.perf_counter()
         t_first = s.t_first or now
         result = Result(reason, len(job.prompt), s.n_cached, len(s.generated), (t_first - s.t_start) * 1e3,
                         (now - t_first) * 1e3, s.id, stopping_word)
+        self.t_prompt_total += result.prompt_ms / 1e3
+        self.t_predicted_total += result.predicted_ms / 1e3
         self.log(f"server: slot {s.id}: prompt {result.n_prompt} tokens ({result.n_cached} cached) "
                  f"{result.prompt_ms:.0f} ms, {result.n_predicted} predicted {result.predicted_ms:.0f} ms, "
                  f"{reason}")
@@ -295,9 +397,50 @@ class Scheduler:
         job = s.job
         self._release(s)
         s.cached = []  # a failed step may have left its cells half written: reuse nothing
+        self.engine.cache.truncate(s.id, 0)
         job.on_event(Event("error", message))
 
     def _release(self, s: Slot) -> None:
         """Free the slot; its cache keeps the evaluated tokens for the next job's prefix."""
         s.pending = []  # (an unfinished prompt: the cells past `cached` were never written)
         s.job, s.next_token, s.sampler, s.decoder = None, None, None, None
+
+    # ---- slot actions (run through `call`) -----------------------------------------------------------
+    def _idle_slot(self, slot_id: int) -> Slot:
+        if not 0 <= slot_id < len(self.slots):
+            raise LlamatorchError(f"slot {slot_id} does not exist (0..{len(self.slots) - 1})")
+        s = self.slots[slot_id]
+        if s.busy:
+            raise LlamatorchError(f"slot {slot_id} is processing a request")
+        return s
+
+    def save_slot(self, slot_id: int, target) -> dict:
+        from . import slot_files
+
+        s = self._idle_slot(slot_id)
+        t0 = time.perf_counter()
+        n_written = slot_files.save(self.engine, s.id, s.cached, target)
+        return {"id_slot": s.id, "filename": target.name, "n_saved": len(s.cached), "n_written": n_written,
+                "timings": {"save_ms": (time.perf_counter() - t0) * 1e3}}
+
+    def restore_slot(self, slot_id: int, source) -> dict:
+        from . import slot_files
+
+        s = self._idle_slot(slot_id)
+        t0 = time.perf_counter()
+        s.cached = []  # until the cells are all in place
+        try:
+            tokens = slot_files.restore(self.engine, s.id, source, self.n_ctx_slot)
+        except Exception:
+            self.engine.cache.truncate(s.id, 0)
+            raise
+        s.cached = tokens
+        return {"id_slot": s.id, "filename": source.name, "n_restored": len(tokens),
+                "n_read": source.stat().st_size, "timings": {"restore_ms": (time.perf_counter() - t0) * 1e3}}
+
+    def erase_slot(self, slot_id: int) -> dict:
+        s = self._idle_slot(slot_id)
+        n = len(s.cached)
+        self.engine.cache.truncate(s.id, 0)
+        s.cached = []
+        return {"id_slot": s.id, "n_erased": n}

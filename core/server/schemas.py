@@ -10,6 +10,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .probs import MAX_TOP
+
 MAX_TOKENS_LIMIT = 1 << 20  # an absurd max_tokens is refused rather than clamped
 
 
@@ -74,6 +76,10 @@ class ChatRequest(Sampling):
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP)
+
+    def n_probs(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
@@ -87,6 +93,14 @@ class CompletionRequest(Sampling):
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     n_predict: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)
     echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP)  # OpenAI: top entries per token
+    n_probs: int = Field(0, ge=0, le=MAX_TOP)  # llama-server's /completion
+
+    def openai_probs(self) -> Optional[int]:
+        return self.logprobs
+
+    def native_probs(self) -> Optional[int]:
+        return self.n_probs if self.n_probs > 0 else None
 
     def the_prompt(self) -> Union[str, list[int]]:
         p = self.prompt if self.prompt is not None else self.content
@@ -107,3 +121,24 @@ class DetokenizeRequest(_Body):
 
 class TemplateRequest(_Body):
     messages: list[Message] = Field(min_length=1)
+
+
+class EmbeddingRequest(_Body):
+    """POST /v1/embeddings (OpenAI) and /embedding (llama-server: `content`)."""
+
+    model: Optional[str] = None
+    input: Union[str, list[str], list[int], list[list[int]], None] = None
+    content: Union[str, list[str], list[int], list[list[int]], None] = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def inputs(self) -> list[Union[str, list[int]]]:
+        x = self.input if self.input is not None else self.content
+        if x is None:
+            raise ValueError("'input' is required")
+        if isinstance(x, str):
+            return [x]
+        if not x:
+            raise ValueError("'input' is empty")
+        if all(isinstance(t, int) for t in x):
+            return [list(x)]
+        return list(x)
