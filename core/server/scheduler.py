@@ -70,6 +70,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     cache_prompt: bool = True
     n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
+    ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's ignore_eos)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -130,6 +131,7 @@ class Scheduler:
         self.waiting: list[Job] = []  # taken from the queue, no free slot yet
         self.log = log or (lambda msg: None)
         self.tokenizer = engine.tokenizer
+        self._eog_ids = sorted(i for i in self.tokenizer.vocab.eog_ids if 0 <= i < engine.n_vocab)
         self.n_ctx_slot = engine.n_ctx
         self.pool = pool
         self._stop = threading.Event()
@@ -339,9 +341,12 @@ class Scheduler:
             s.next_token = None
         elif not s.t_first:
             s.t_first = time.perf_counter()
+        job = s.job
+        if job.ignore_eos:
+            logits = logits.clone()
+            logits[self._eog_ids] = float("-inf")
         token = s.sampler.sample(logits)
         s.sampler.accept(token)
-        job = s.job
         if self.tokenizer.is_eog(token):
             return self._finish(s, "stop")
         s.generated.append(token)

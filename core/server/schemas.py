@@ -53,6 +53,7 @@ class Sampling(_Body):
     repeat_penalty: Optional[float] = Field(None, ge=0.0)
     stop: Union[str, list[str], None] = None
     cache_prompt: bool = True
+    ignore_eos: bool = False
     n: int = 1  # choices per request: only 1
 
     @field_validator("n")

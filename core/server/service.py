@@ -129,7 +129,8 @@ class Service:
                 pass
 
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
-                  cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs)
+                  cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
+                  ignore_eos=body.ignore_eos)
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:
