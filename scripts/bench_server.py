@@ -199,8 +199,14 @@ def main() -> None:
             asyncio.run(load(srv.url, prompts(1), 1, 8, name))  # warm-up
             loaded = asyncio.run(load(srv.url, prompts(args.requests), args.clients, args.output, name)).summary()
             solo = asyncio.run(load(srv.url, prompts(args.solo_requests), 1, args.output, name)).summary()
+        except (httpx.HTTPError, RuntimeError) as exc:
+            srv.log.seek(0)
+            tail = "".join(srv.log.readlines()[-15:])
+            print(f"error: {name}: {type(exc).__name__}: {exc}; its log ends:\n{tail}", file=sys.stderr)
+            continue
         finally:
             srv.stop()
+        print(f"{name}: {json.dumps(loaded)}", file=sys.stderr)
         results.append((loaded, solo))
     tg = bench_tg(model, args) if "llamatorch" in names else None
     report(results, tg, args)
