@@ -22,10 +22,9 @@ import argparse
 import asyncio
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +33,9 @@ import httpx
 import numpy as np
 
 import llama_cpp_ref
+from server_process import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -70,35 +64,6 @@ class Run:
                 "output_tok_s": n_out / self.wall, "requests_s": len(self.samples) / self.wall,
                 "decode_tok_s_per_client": float(np.mean([(s.n_out - 1) / max(sum(s.gaps), 1e-9)
                                                           for s in self.samples if s.n_out > 1]))}
-
-
-class ServerProcess:
-    def __init__(self, name: str, cmd: list[str], port: int):
-        self.name, self.port = name, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, cwd=REPO)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                sys.exit(f"error: {name} exited: {self.log.read()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        sys.exit(f"error: {name} did not become healthy in 300 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], n_out: int) -> Sample:
@@ -194,18 +159,20 @@ def main() -> None:
         port = free_port()
         cmd = server_commands(model, args, port)[name]
         print(f"{name}: {' '.join(cmd)}", file=sys.stderr)
-        srv = ServerProcess(name, cmd, port)
+        try:
+            srv = ServerProcess(cmd, port, timeout=300, cwd=REPO)
+        except RuntimeError as exc:
+            sys.exit(f"error: {name}: {exc}")
         try:
             asyncio.run(load(srv.url, prompts(1), 1, 8, name))  # warm-up
             loaded = asyncio.run(load(srv.url, prompts(args.requests), args.clients, args.output, name)).summary()
             solo = asyncio.run(load(srv.url, prompts(args.solo_requests), 1, args.output, name)).summary()
         except (httpx.HTTPError, RuntimeError) as exc:
-            srv.log.seek(0)
-            tail = "".join(srv.log.readlines()[-15:])
+            tail = "\n".join(srv.stderr().splitlines()[-15:])
             print(f"error: {name}: {type(exc).__name__}: {exc}; its log ends:\n{tail}", file=sys.stderr)
             continue
         finally:
-            srv.stop()
+            srv.stop(signal.SIGTERM)
         print(f"{name}: {json.dumps(loaded)}", file=sys.stderr)
         results.append((loaded, solo))
     tg = bench_tg(model, args) if "llamatorch" in names else None

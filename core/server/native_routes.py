@@ -11,7 +11,6 @@ from fastapi.responses import Response, StreamingResponse
 from ..errors import LlamatorchError
 from ..sampling import SamplerParams
 from . import schemas
-from .openai_routes import embed, the_prompt
 from .probs import native_probs
 from .scheduler import Result
 from .service import ApiError, Service, not_supported, sse, sse_error, timings
@@ -30,7 +29,7 @@ def register(app: FastAPI, svc: Service) -> None:
     @app.post("/completions")
     async def completion(body: schemas.CompletionRequest, request: Request):
         lo = svc.generator()
-        ids = svc.tokenize_prompt(lo, the_prompt(body))
+        ids = svc.tokenize_prompt(lo, svc.the_prompt(body))
         n_probs = body.native_probs()
         job, events = await svc.submit(lo, ids, body, svc.max_tokens(body.n_predict, body.max_tokens), n_probs)
 
@@ -63,7 +62,7 @@ def register(app: FastAPI, svc: Service) -> None:
 
     @app.post("/embedding")
     async def embedding(body: schemas.EmbeddingRequest):
-        vectors, _ = await embed(svc, body)
+        vectors, _ = await svc.embed(body)
         return [{"index": i, "embedding": [[float(x) for x in v]]} for i, v in enumerate(vectors)]
 
     @app.post("/tokenize")

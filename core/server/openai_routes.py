@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 import time
@@ -13,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from . import schemas
 from .probs import chat_logprobs, completion_logprobs
-from .service import ApiError, Service, sse, sse_error, timings, usage
+from .service import Service, sse, sse_error, timings, usage
 
 
 def register(app: FastAPI, svc: Service) -> None:
@@ -65,7 +64,7 @@ def register(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/completions")
     async def completions(body: schemas.CompletionRequest, request: Request):
         lo = svc.generator()
-        prompt = the_prompt(body)
+        prompt = svc.the_prompt(body)
         ids = svc.tokenize_prompt(lo, prompt)
         n_probs = body.openai_probs()
         job, events = await svc.submit(lo, ids, body, svc.max_tokens(body.max_tokens, body.n_predict), n_probs)
@@ -116,7 +115,7 @@ def register(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/embeddings")
     @app.post("/embeddings")
     async def embeddings(body: schemas.EmbeddingRequest):
-        vectors, n_tokens = await embed(svc, body)
+        vectors, n_tokens = await svc.embed(body)
         data = []
         for i, v in enumerate(vectors):
             if body.encoding_format == "base64":
@@ -126,44 +125,3 @@ def register(app: FastAPI, svc: Service) -> None:
             data.append({"object": "embedding", "index": i, "embedding": vec})
         return {"object": "list", "model": body.model or config.alias, "data": data,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
-
-
-async def embed(svc: Service, body: schemas.EmbeddingRequest, normalize: int = 2) -> tuple[np.ndarray, int]:
-    """The pooled, normalised vectors of the request's inputs (as `llamatorch embedding` computes them)."""
-    from ..pooling import NONE
-
-    lo = svc.embedder()
-    try:
-        inputs = body.inputs()
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    emb = lo.embedder
-    if emb.pooling == NONE:
-        raise ApiError(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type")
-    texts, tokens = [], []
-    for x in inputs:
-        if isinstance(x, str):
-            if x == "":
-                raise ApiError(400, "an input is empty")
-            texts.append(x)
-            tokens.append(emb.tokenize([x])[0])
-        else:
-            svc.check_ids(lo, x)
-            if not x:
-                raise ApiError(400, "an input is empty")
-            texts.append(lo.tokenizer.decode(x))
-            tokens.append(list(x))
-
-    def run():
-        with lo.embed_lock:  # one model: requests take turns
-            return emb.embed_tokens(texts, tokens, normalize)
-
-    res = await asyncio.to_thread(run)
-    return res.vectors, res.n_tokens
-
-
-def the_prompt(body: schemas.CompletionRequest):
-    try:
-        return body.the_prompt()
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None

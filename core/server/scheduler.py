@@ -153,9 +153,9 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         if not job.prompt:
             raise LlamatorchError("the prompt is empty")
-        limit = min(self.n_ctx_slot, self.pool or self.n_ctx_slot)
-        if len(job.prompt) > limit - 1:
-            raise LlamatorchError(f"the prompt is too long ({len(job.prompt)} tokens, slot context {limit})")
+        if len(job.prompt) > self.n_ctx_slot - 1:  # (with -kvu a slot may take the whole pool)
+            raise LlamatorchError(f"the prompt is too long ({len(job.prompt)} tokens, slot context "
+                                  f"{self.n_ctx_slot})")
         if self._stop.is_set():
             raise QueueFull("the server is shutting down")
         if self.queue.qsize() + len(self.waiting) >= self.max_queue:
@@ -342,6 +342,7 @@ class Scheduler:
         elif not s.t_first:
             s.t_first = time.perf_counter()
         job = s.job
+        raw = logits  # log-probabilities come from the model's logits, before any bias
         if job.ignore_eos:
             logits = logits.clone()
             logits[self._eog_ids] = float("-inf")
@@ -352,7 +353,7 @@ class Scheduler:
         s.generated.append(token)
         self.n_predicted_total += 1
         if job.n_probs is not None:
-            s.probs.append(token_prob(logits, token, job.n_probs, self.tokenizer.token_to_piece))
+            s.probs.append(token_prob(raw, token, job.n_probs, self.tokenizer.token_to_piece))
         s.starts.append(len(s.text))
         s.text += s.decoder.feed(token)
         for stop in job.stop:

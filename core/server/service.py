@@ -117,6 +117,44 @@ class Service:
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
         return lo.template.apply(msgs, add_generation_prompt=True)
 
+    def the_prompt(self, body: schemas.CompletionRequest):
+        try:
+            return body.the_prompt()
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    async def embed(self, body: schemas.EmbeddingRequest, normalize: int = 2):
+        """The pooled, normalised vectors of the request's inputs (as `llamatorch embedding` computes
+        them) and their token count."""
+        from ..pooling import NONE
+
+        lo = self.embedder()
+        try:
+            inputs = body.inputs()
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        emb = lo.embedder
+        if emb.pooling == NONE:
+            raise ApiError(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type")
+        texts, tokens = [], []
+        for x in inputs:
+            if not x:
+                raise ApiError(400, "an input is empty")
+            if isinstance(x, str):
+                texts.append(x)
+                tokens.append(emb.tokenize([x])[0])
+            else:
+                self.check_ids(lo, x)
+                texts.append(lo.tokenizer.decode(x))
+                tokens.append(list(x))
+
+        def run():
+            with lo.embed_lock:  # one model: requests take turns
+                return emb.embed_tokens(texts, tokens, normalize)
+
+        res = await asyncio.to_thread(run)
+        return res.vectors, res.n_tokens
+
     async def submit(self, lo: Loaded, ids: list[int], body: schemas.Sampling, n_predict: int,
                      n_probs: int | None = None) -> tuple[Job, asyncio.Queue]:
         loop = asyncio.get_running_loop()

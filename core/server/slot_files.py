@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
