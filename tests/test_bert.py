@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_ref
+from conftest import load_ref, ref_path
 
 from llamatorch.core.embedding import Embedder
 
@@ -18,8 +18,8 @@ def _cos(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def minilm_vectors(ref_dir):
-    emb = Embedder(ref_dir / "all-minilm-l6-v2-f16.gguf", "mean", dtype="f32", threads=2)
+def minilm_vectors():
+    emb = Embedder(ref_path("all-minilm-l6-v2-f16.gguf"), "mean", dtype="f32", threads=2)
     return emb.embed(TEXTS, embd_norm=2).vectors
 
 
@@ -45,19 +45,19 @@ def test_matches_transformers(minilm_vectors, minilm_dir, monkeypatch):
         assert _cos(ours, theirs) >= 0.999
 
 
-def test_batching_does_not_change_vectors(ref_dir, minilm_vectors):
+def test_batching_does_not_change_vectors(minilm_vectors):
     """One prompt per batch (-b small) gives the vectors of one padded batch of all three."""
-    emb = Embedder(ref_dir / "all-minilm-l6-v2-f16.gguf", "mean", dtype="f32", threads=2)
+    emb = Embedder(ref_path("all-minilm-l6-v2-f16.gguf"), "mean", dtype="f32", threads=2)
     emb.n_batch = 12  # each prompt alone: no padding at all
     alone = emb.embed(TEXTS, embd_norm=2).vectors
     np.testing.assert_allclose(alone, minilm_vectors, atol=2e-6)
 
 
-def test_cls_pooling_and_default(ref_dir):
-    emb = Embedder(ref_dir / "all-minilm-l6-v2-f16.gguf", None, dtype="f32", threads=2)
+def test_cls_pooling_and_default():
+    emb = Embedder(ref_path("all-minilm-l6-v2-f16.gguf"), None, dtype="f32", threads=2)
     assert emb.pooling == 1  # the GGUF says mean
-    cls = Embedder(ref_dir / "all-minilm-l6-v2-f16.gguf", "cls", dtype="f32", threads=2)
-    none = Embedder(ref_dir / "all-minilm-l6-v2-f16.gguf", "none", dtype="f32", threads=2)
+    cls = Embedder(ref_path("all-minilm-l6-v2-f16.gguf"), "cls", dtype="f32", threads=2)
+    none = Embedder(ref_path("all-minilm-l6-v2-f16.gguf"), "none", dtype="f32", threads=2)
     v = cls.embed(TEXTS[:2], embd_norm=-1).vectors
     tok = none.embed(TEXTS[:2], embd_norm=-1)
     n0 = len(tok.tokens[0])

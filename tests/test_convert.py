@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ref_path, run_cli
 from test_convert_support import (build_gemma3, build_llama_hf, build_llama_spm, build_qwen, build_smollm2,
                                   gguf_differences, run_oracles)
 
@@ -23,10 +23,10 @@ def assert_same_file(ours: Path, ref: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def oracle(ref_dir, tmp_path_factory):
+def oracle(tmp_path_factory):
     """Checkpoints built once, and what the reference converter makes of each (one oracle process)."""
     root = tmp_path_factory.mktemp("convert")
-    cfg = ref_dir / "smollm2-135m-hf-config"
+    cfg = ref_path("smollm2-135m-hf-config")
     models = {
         "smollm2": build_smollm2(root / "smollm2", cfg),
         "llama_spm": build_llama_spm(root / "llama_spm"),
@@ -92,7 +92,7 @@ def test_default_file_name_in_output_folder(oracle, tmp_path):
     assert_same_file(result.path, ref_file)
 
 
-def test_minilm_f16_matches_shipped_reference(ref_dir, minilm_dir, tmp_path):
+def test_minilm_f16_matches_shipped_reference(minilm_dir, tmp_path):
     """The CLI on the registered model name `minilm`: every tensor and key of llama.cpp's file."""
     out = tmp_path / "minilm-{ftype}.gguf"
     proc = run_cli("convert-hf-to-gguf", "minilm", "--outtype", "f16", "--outfile", str(out))
@@ -101,7 +101,7 @@ def test_minilm_f16_matches_shipped_reference(ref_dir, minilm_dir, tmp_path):
     assert proc.stdout == ""
     assert str(written) in proc.stderr and "MB" in proc.stderr
     # general.basename/version come from the checkpoint's folder name, which differs from the reference's
-    assert gguf_differences(written, ref_dir / "all-minilm-l6-v2-f16.gguf",
+    assert gguf_differences(written, ref_path("all-minilm-l6-v2-f16.gguf"),
                             ignore={"general.name", "general.basename", "general.version",
                                     "general.finetune"}) == []
     assert list(tmp_path.iterdir()) == [written]

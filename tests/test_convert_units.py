@@ -110,7 +110,7 @@ def test_tensor_data_starts_before_autoconfig(qwen2, tmp_path, monkeypatch):
     assert len(made) == 1
 
 
-def test_early_data_discarded_when_autoconfig_differs(tmp_path, monkeypatch, ref_dir):
+def test_early_data_discarded_when_autoconfig_differs(tmp_path, monkeypatch):
     """Same shapes, different head count (so a different Q/K permute): the early data is redone."""
     import json
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, load_ref, run_cli
+from conftest import assert_clean_error, load_ref, ref_path, run_cli
 
 from llamatorch.core import pooling as P
 from llamatorch.core.embedding import EmbeddingResult, split_lines
@@ -86,9 +86,9 @@ def test_decoder_pooling_last_and_mean(smollm2_embedder):
     emb.pooling = P.LAST
 
 
-def test_cli_json_matches_reference(ref_dir):
+def test_cli_json_matches_reference():
     texts = "\\n".join(it["text"] for it in REF["items"])  # a literal backslash-n: escapes are processed
-    proc = run_cli("embedding", "-m", str(ref_dir / "all-minilm-l6-v2-f16.gguf"), "-p", texts, "--pooling", "mean",
+    proc = run_cli("embedding", "-m", str(ref_path("all-minilm-l6-v2-f16.gguf")), "-p", texts, "--pooling", "mean",
                    "--embd-normalize", "2", "--embd-output-format", "json", "-t", "2")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -98,8 +98,8 @@ def test_cli_json_matches_reference(ref_dir):
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.999
 
 
-def test_cli_errors(ref_dir, tmp_path):
-    m = str(ref_dir / "all-minilm-l6-v2-f16.gguf")
+def test_cli_errors(tmp_path):
+    m = str(ref_path("all-minilm-l6-v2-f16.gguf"))
     assert_clean_error(run_cli("embedding", "-m", m, "-p", ""), "empty prompt")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, ref_path, run_cli
 from helpers.tiny_llama import hf_llama, tiny_llama_config, write_llama_gguf
 
 UINT32, INT32 = 4, 5
@@ -87,8 +87,8 @@ def test_zero_vocabulary_rows(tiny_path, tmp_path):
     assert_clean_error(proc, "vocabulary size 0")
 
 
-def test_bert_zero_heads(ref_dir, tmp_path):
-    data = bytearray((ref_dir / "all-minilm-l6-v2-f16.gguf").read_bytes())
+def test_bert_zero_heads(tmp_path):
+    data = bytearray(ref_path("all-minilm-l6-v2-f16.gguf").read_bytes())
     patch_scalar(data, "bert.attention.head_count", 0)
     p = tmp_path / "bert.gguf"
     p.write_bytes(bytes(data))

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import load_ref, run_cli
+from conftest import load_ref, ref_path, run_cli
 
 from llamatorch.core.models import ARCHITECTURES
 
@@ -34,8 +34,6 @@ def run_ppl(model_path, *extra) -> tuple[list[float], float, float]:
 
 
 def _ref_text():
-    from conftest import ref_path
-
     return ref_path("ppl_text.txt")
 
 
@@ -66,10 +64,10 @@ def test_gemma3_perplexity_matches_llama_cpp(gemma3_path):
 
 
 @pytest.mark.slow
-def test_batch_smaller_than_context_gives_same_numbers(smollm2_path, ref_dir):
+def test_batch_smaller_than_context_gives_same_numbers(smollm2_path):
     # -b 64 < -c 128: each chunk goes through two forwards over the KV cache (llama.cpp's num_batches > 1)
     def run(b):
-        proc = run_cli("perplexity", "-m", str(smollm2_path), "-f", str(ref_dir / "ppl_text.txt"), "-c", "128",
+        proc = run_cli("perplexity", "-m", str(smollm2_path), "-f", str(ref_path("ppl_text.txt")), "-c", "128",
                        "--chunks", "2", "-b", b, "--dtype", "f32")
         assert proc.returncode == 0, proc.stderr
         return parse_ppl(proc.stdout)
@@ -103,9 +101,9 @@ def parse_kl(stdout: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_kl_divergence_against_llama_cpp_base(smollm2_copies, ref_dir):
+def test_kl_divergence_against_llama_cpp_base(smollm2_copies):
     proc = run_cli("perplexity", "-m", str(smollm2_copies["Q4_0"]), "--kl-divergence-base",
-                   str(ref_dir / "kl-base-smollm2-f16-c128.bin"), "--kl-divergence")
+                   str(ref_path("kl-base-smollm2-f16-c128.bin")), "--kl-divergence")
     assert proc.returncode == 0, proc.stderr
     got = parse_kl(proc.stdout)
     assert abs(got["kld"] / 0.270521 - 1) <= 0.10, got
@@ -116,14 +114,14 @@ def test_kl_divergence_against_llama_cpp_base(smollm2_copies, ref_dir):
 
 
 @pytest.mark.slow
-def test_written_base_file_matches_llama_cpp(smollm2_copies, ref_dir):
+def test_written_base_file_matches_llama_cpp(smollm2_copies):
     from llamatorch.core.kl_base import BaseReader, unpack_log_probs
 
     ours_path = smollm2_copies["dir"] / "base-f16-c128.bin"
-    proc = run_cli("perplexity", "-m", str(smollm2_copies["F16"]), "-f", str(ref_dir / "ppl_text.txt"),
+    proc = run_cli("perplexity", "-m", str(smollm2_copies["F16"]), "-f", str(ref_path("ppl_text.txt")),
                    "-c", "128", "--chunks", "4", "--kl-divergence-base", str(ours_path))
     assert proc.returncode == 0, proc.stderr
-    theirs_path = ref_dir / "kl-base-smollm2-f16-c128.bin"
+    theirs_path = ref_path("kl-base-smollm2-f16-c128.bin")
     assert ours_path.read_bytes()[: 20 + 4 * 512] == theirs_path.read_bytes()[: 20 + 4 * 512]  # header, tokens
     assert ours_path.stat().st_size == theirs_path.stat().st_size
     ours, theirs = BaseReader(ours_path), BaseReader(theirs_path)

@@ -13,6 +13,7 @@ from llamatorch.core import kl_base
 from llamatorch.core.errors import LlamatorchError
 from llamatorch.core.kl_divergence import KLStats, mean_and_uncertainty, percentile
 from llamatorch.core.perplexity import batch_shape, eta_text, plan_chunks, read_text, token_nll
+from conftest import ref_path
 
 
 def _pack_scalar(logits: np.ndarray) -> np.ndarray:
@@ -64,8 +65,8 @@ def test_writer_reader_round_trip(tmp_path):
     r.close()
 
 
-def test_reference_base_file_header(ref_dir):
-    path = ref_dir / "kl-base-smollm2-f16-c128.bin"
+def test_reference_base_file_header():
+    path = ref_path("kl-base-smollm2-f16-c128.bin")
     r = kl_base.BaseReader(path)
     assert (r.header.n_ctx, r.header.n_vocab, r.header.n_chunk) == (128, 49152, 4)
     assert path.stat().st_size == kl_base.file_size(128, 49152, 4)
@@ -78,8 +79,8 @@ def test_reference_base_file_header(ref_dir):
     r.close()
 
 
-def test_truncated_and_foreign_files(tmp_path, ref_dir):
-    src = (ref_dir / "kl-base-smollm2-f16-c128.bin").read_bytes()
+def test_truncated_and_foreign_files(tmp_path):
+    src = ref_path("kl-base-smollm2-f16-c128.bin").read_bytes()
     cut = tmp_path / "cut.bin"
     cut.write_bytes(src[: len(src) // 2])
     with pytest.raises(LlamatorchError, match="truncated"):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import ref_path, run_cli
 from llamatorch.core.gguf_file import GGUFFile
 
 
@@ -26,15 +26,15 @@ def _combos():
 
 
 @pytest.fixture(scope="module")
-def quant_ref(ref_dir):
-    return json.loads((ref_dir / "quantize.json").read_text())
+def quant_ref():
+    return json.loads(ref_path("quantize.json").read_text())
 
 
 @pytest.mark.parametrize("combo", _combos())
-def test_fixture_matches_llama_quantize(combo, quant_ref, ref_dir, tmp_path):
+def test_fixture_matches_llama_quantize(combo, quant_ref, tmp_path):
     ftype, _, pure = combo.partition("-")
     out = tmp_path / "out.gguf"
-    args = ["quantize", "--no-progress", *(["--pure"] if pure else []), str(ref_dir / quant_ref["input"]), str(out), ftype, "2"]
+    args = ["quantize", "--no-progress", *(["--pure"] if pure else []), str(ref_path(quant_ref["input"])), str(out), ftype, "2"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     got = tensor_hashes(out)
@@ -44,9 +44,9 @@ def test_fixture_matches_llama_quantize(combo, quant_ref, ref_dir, tmp_path):
     assert not wrong, wrong
 
 
-def test_output_metadata(ref_dir, tmp_path):
+def test_output_metadata(tmp_path):
     """general.file_type / quantization_version as llama.cpp sets them; other metadata copied."""
-    src = ref_dir / "quant-fixture-f16.gguf"
+    src = ref_path("quant-fixture-f16.gguf")
     out = tmp_path / "q4km.gguf"
     proc = run_cli("quantize", "--no-progress", str(src), str(out), "q4_k_m")
     assert proc.returncode == 0, proc.stderr

@@ -9,15 +9,15 @@ import re
 
 import pytest
 
-from conftest import load_ref, run_cli
+from conftest import load_ref, ref_path, run_cli
 from test_quantize import tensor_hashes
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def chain_ref(ref_dir):
-    return json.loads((ref_dir / "quant_chain.json").read_text())["results"]
+def chain_ref():
+    return json.loads(ref_path("quant_chain.json").read_text())["results"]
 
 
 @pytest.fixture(scope="module")

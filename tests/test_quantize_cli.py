@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, ref_path, run_cli
 
 
 @pytest.fixture()
-def fixture_gguf(ref_dir):
-    return ref_dir / "quant-fixture-f16.gguf"
+def fixture_gguf():
+    return ref_path("quant-fixture-f16.gguf")
 
 
 def _nothing_left(directory):

@@ -14,6 +14,7 @@ import pytest
 import llama_cpp_ref
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.tokenizer import Tokenizer
+from conftest import ref_path
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "tokenizer_golden.json").read_text())
 # (base model, metadata overrides) of the entries that are more than a pre-tokenizer swap (as in the script)
@@ -29,11 +30,11 @@ def bge_vocab():  # an uncased BERT vocabulary without normalizer keys, from lla
 
 
 @pytest.fixture(scope="module")
-def metadata(smollm2_path, gemma3_path, ref_dir):
+def metadata(smollm2_path, gemma3_path):
     return {
         "smollm2": GGUFFile(smollm2_path).metadata,
         "gemma3": GGUFFile(gemma3_path).metadata,
-        "minilm": GGUFFile(ref_dir / "all-minilm-l6-v2-f16.gguf").metadata,
+        "minilm": GGUFFile(ref_path("all-minilm-l6-v2-f16.gguf")).metadata,
         "bert-bge": GGUFFile(bge_vocab()).metadata,
     }
 

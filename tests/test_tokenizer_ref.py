@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import assert_clean_error, load_ref, run_cli
+from conftest import assert_clean_error, load_ref, ref_path, run_cli
 from llamatorch.core.gguf_file import GGUFFile
 from llamatorch.core.tokenizer import StreamDecoder, Tokenizer
 
@@ -13,8 +13,8 @@ SMOL, GEMMA, MINILM = "smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m", "all-m
 
 
 @pytest.fixture(scope="module")
-def paths(ref_dir, smollm2_path, gemma3_path):
-    return {SMOL: smollm2_path, GEMMA: gemma3_path, MINILM: ref_dir / "all-minilm-l6-v2-f16.gguf"}
+def paths(smollm2_path, gemma3_path):
+    return {SMOL: smollm2_path, GEMMA: gemma3_path, MINILM: ref_path("all-minilm-l6-v2-f16.gguf")}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_cli_default_output_and_flags(smollm2_path):
     assert 2 not in json.loads(p.stdout)
 
 
-def test_cli_no_bos(ref_dir):
-    mini = str(ref_dir / "all-minilm-l6-v2-f16.gguf")
+def test_cli_no_bos():
+    mini = str(ref_path("all-minilm-l6-v2-f16.gguf"))
     assert json.loads(run_cli("tokenize", "-m", mini, "-p", "Hello world", "--ids").stdout) == [101, 7592, 2088, 102]
     assert json.loads(run_cli("tokenize", "-m", mini, "-p", "Hello world", "--ids", "--no-bos").stdout) == [7592, 2088]
 
