@@ -6,7 +6,7 @@ from typing import Annotated, List
 
 import typer
 
-from .options import Device, Dtype, Model, Threads, log
+from .options import Device, Dtype, Model, Threads, Verbose, log, log_paths
 
 NAME = "batched-bench"
 
@@ -42,6 +42,7 @@ def command(
     seed: Annotated[int, typer.Option("-s", "--seed", help="seed of the random tokens")] = 0,
     dtype: Dtype = "auto",
     device: Device = "cpu",
+    verbose: Verbose = False,
 ) -> None:
     """Benchmark batched decoding (llama-batched-bench)."""
     from llamatorch.core.errors import LlamatorchError
@@ -74,6 +75,7 @@ def command(
     n_ctx = max([pp + tg for pp, tg, _, _ in combos] + [16])
     n_seq = max(n_pl)
     engine = Engine(path, n_ctx=n_ctx, n_seq=n_seq, dtype=dtype, device=device, threads=threads)
+    log_paths(engine, verbose)
     log(f"batched-bench: {path.name}, {engine.device.type} {str(engine.dtype).removeprefix('torch.')}, "
         f"{engine.n_threads} threads, {len(combos)} of {len(n_pp) * len(n_tg) * len(n_pl)} combinations fit n_kv_max = {n_kv_max}")
     bench = BatchedBench(engine, batch_size, seed)

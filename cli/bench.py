@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated, List
 
 import typer
 
-from .options import Device, Dtype, log
+from .options import Device, Dtype, Verbose, log, log_paths
 
 NAME = "bench"
 
@@ -34,13 +34,13 @@ def command(
     output: Annotated[str, typer.Option("-o", "--output", help="md, jsonl, csv or json")] = "md",
     dtype: Dtype = "auto",
     device: Device = "cpu",
+    verbose: Verbose = False,
     no_warmup: Annotated[bool, typer.Option("--no-warmup")] = False,
 ) -> None:
     """Measure prompt processing and generation speed (llama-bench)."""
     import json
     import os
     import platform
-    import time
     from datetime import datetime, timezone
 
     from llamatorch.core.errors import LlamatorchError
@@ -65,6 +65,7 @@ def command(
         for nt in thread_list:
             n_ctx = max(pps + tgs + [1]) + 1
             engine = Engine(path, n_ctx=n_ctx, dtype=dtype, device=device, threads=nt)
+            log_paths(engine, verbose)
             size, n_params = model_size(engine)
             weight_bytes = engine.weight_bytes_per_token()
             tests = [(p, 0) for p in pps if p > 0] + [(0, g) for g in tgs if g > 0]

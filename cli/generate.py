@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BatchSize, CtxSize, Device, Dtype, Model, Seed, Threads, log, read_prompt
+from .options import BatchSize, CtxSize, Device, Dtype, Model, Seed, Threads, Verbose, log, log_paths, read_prompt
 
 NAME = "cli"
 
@@ -35,6 +35,7 @@ def command(
     frequency_penalty: Annotated[float, typer.Option("--frequency-penalty")] = 0.0,
     dtype: Dtype = "auto",
     device: Device = "cpu",
+    verbose: Verbose = False,
     conversation: Annotated[bool, typer.Option("-cnv", "--conversation", help="chat mode")] = False,
     no_conversation: Annotated[bool, typer.Option("-no-cnv", "--no-conversation", help="plain completion")] = False,
     no_display_prompt: Annotated[bool, typer.Option("--no-display-prompt", help="don't echo the prompt")] = False,
@@ -85,6 +86,7 @@ def command(
                                     chat_template, chat_template_file, log=log, use_jinja=jinja)
         del gf
     engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
+    log_paths(engine, verbose)
     tok = engine.tokenizer
     params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,

@@ -13,6 +13,7 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 CtxSize = Annotated[int, typer.Option("-c", "--ctx-size", help="context size (0 = the model's training context)")]
 BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="logical batch size for prompt processing")]
 Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (-1 = random)")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="log which execution path serves each phase")]
 
 
 def read_prompt(prompt: str | None, file: str | None) -> str | None:
@@ -35,3 +36,10 @@ def log(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr, flush=True)
+
+
+def log_paths(engine, verbose: bool) -> None:
+    """With --verbose: the execution path chosen per phase (prefill, decode) on stderr."""
+    if verbose:
+        for line in engine.paths.describe():
+            log(f"paths: {line}")

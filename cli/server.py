@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BatchSize, Device, Dtype, Model, Threads, log
+from .options import BatchSize, Device, Dtype, Model, Threads, Verbose, log, log_paths
 
 NAME = "server"
 
@@ -30,6 +30,7 @@ def command(
                                              "command lines; the engine splits nothing further")] = 512,
     threads: Threads = None,
     device: Device = "cpu",
+    verbose: Verbose = False,
     dtype: Dtype = "auto",
     n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="default max tokens per request "
                                            "(-1 = until the end of generation or the slot's context)")] = -1,
@@ -107,6 +108,7 @@ def command(
         from llamatorch.core.server.scheduler import Scheduler
 
         engine = Engine(path, n_ctx=n_ctx_slot, n_seq=parallel, dtype=dtype, device=device, threads=threads)
+        log_paths(engine, verbose)
         scheduler = Scheduler(engine, n_batch=batch_size, max_queue=max_queue, log=log,
                               pool=total if kv_unified else None)
         scheduler.start()

@@ -1,7 +1,7 @@
 """CUDA graphs for decode steps: B sequences (cache rows 0..B-1), one token each.
 
 Eager PyTorch spends most of a small model's decode step launching kernels; a captured graph replays
-the whole forward with one launch.  Llama-family models with Triton kernels (kernels/llama_step.py)
+the whole forward with one launch.  Models the Triton step serves (models/triton_step.py)
 read each sequence's length on the device: one graph per batch size and context regime (from
 LONG_CONTEXT cells on, attention split over more programs: that costs a little on short contexts).
 Other models go through their
@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import torch
 
-from .models.common import Step
+from .batch import Step
 
 MIN_BUCKET = 256
 LONG_CONTEXT = 1024  # Triton step: from this position on, graphs with split attention (flash-decoding)
 FUSED, FUSED_LONG = "fused", "fused-long"  # the Triton step's graph keys, in place of a bucket
 
 
-def fused_step_supported(model) -> bool:
+def triton_step_unsupported(model) -> str | None:
+    """Why the Triton decode step cannot serve `model` on its device (None: it can)."""
     from . import kernels
 
     if not kernels.available(model.device):
-        return False
-    from .kernels.llama_step import supports
+        return "Triton is not available for this device"
+    from .models.triton_step import unsupported
 
-    return supports(model)
+    return unsupported(model)
 
 
 def bucket_for(n_visible: int, n_ctx: int) -> int:
@@ -40,7 +41,7 @@ def bucket_for(n_visible: int, n_ctx: int) -> int:
 
 class GraphedDecode:
     """A decode step's graph: the model's PyTorch forward over `n_cells` cells, or with `fused` (a
-    kernels.llama_step.LlamaDecodeStep, see fused_decode) the Triton step, which needs no bucket."""
+    models.triton_step.DecoderStep, see fused_decode) the Triton step, which needs no bucket."""
 
     def __init__(self, model, cache, batch_size: int, n_cells: int, device: torch.device, fused=None):
         self.model, self.cache = model, cache
@@ -62,9 +63,9 @@ class GraphedDecode:
     @classmethod
     def fused_decode(cls, model, cache, batch_size: int, device: torch.device, long_context: bool):
         """The Triton step's graph (attention split over more programs for long contexts)."""
-        from .kernels.llama_step import LlamaDecodeStep
+        from .models.triton_step import DecoderStep
 
-        step = LlamaDecodeStep(model, cache, batch_size, device, split_attention=long_context)
+        step = DecoderStep(model, cache, batch_size, device, split_attention=long_context)
         return cls(model, cache, batch_size, 0, device, fused=step)
 
     def _forward(self) -> torch.Tensor:

@@ -124,7 +124,7 @@ class Embedder:
                     f"--pooling rank needs a model with a classification head; {self.path.name} has none"
                 )
         elif self._engine_shape != (n_seq, n_ctx):
-            e, p = self.engine, self.engine.model.params
+            e, p = self.engine, self.engine.model.config
             e.cache = KVCache(p.n_layer, n_seq, e.model.kv_heads, n_ctx, e.model.kv_dim, e.dtype, e.device)
             self._engine_shape = (n_seq, n_ctx)
         return self.engine

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,36 +18,12 @@ import torch
 from .errors import LlamatorchError
 from .gguf_file import GGUFFile
 from .kv_cache import KVCache
+from .batch import Batch, Step  # noqa: F401  (Batch: callers import it from here too)
 from .memory import trim_heap
-from .models import model_class
-from .models.common import Step
+from .models import backends, model_class
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 MAX_FORWARD_GRAPHS = 16  # batch layouts remembered for CUDA-graph replay (each holds its activations)
-
-
-@dataclass
-class Batch:
-    tokens: list[int] = field(default_factory=list)
-    pos: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    logits: list[bool] = field(default_factory=list)
-
-    def add(self, token: int, pos: int, seq: int = 0, logits: bool = False) -> None:
-        self.tokens.append(int(token))
-        self.pos.append(int(pos))
-        self.seq.append(int(seq))
-        self.logits.append(bool(logits))
-
-    @classmethod
-    def sequence(cls, tokens, start: int = 0, seq: int = 0, all_logits: bool = False) -> "Batch":
-        """Consecutive tokens of one sequence; logits for the last one (or all)."""
-        n = len(tokens)
-        return cls(list(map(int, tokens)), list(range(start, start + n)), [seq] * n,
-                   [all_logits or i == n - 1 for i in range(n)])
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -94,7 +69,7 @@ class Engine:
             self.model = cls(self.file, self.dtype, self.device)
         self.file.release()  # every weight is converted: keep only what the model holds
         trim_heap()
-        p = self.model.params
+        p = self.model.config
         self.n_ctx_train = p.n_ctx_train
         self.n_ctx = n_ctx if n_ctx > 0 else p.n_ctx_train
         self.n_vocab = p.n_vocab
@@ -104,7 +79,9 @@ class Engine:
         self._tokenizer = None
         self._graphs: dict[tuple[int, int], object] = {}
         self.use_cuda_graphs = self.device.type == "cuda"
-        self._fused_step: bool | None = None  # Triton decode step for this model (decided on first use)
+        # which path serves each kind of step, chosen once (backends.py; --verbose prints it)
+        self.paths = backends.choose(self.model, self.device)
+        self.one_token = self.paths.one_token
         self._forward_graphs: dict[tuple, object] = {}  # batch layouts seen: None once, then a graph
         self.load_seconds = time.perf_counter() - t0
 
@@ -189,6 +166,9 @@ class Engine:
         step, out_index = self._layout(batch)
         if self.use_cuda_graphs and any(batch.logits):
             return self._graphed_forward(step, out_index, embeddings)
+        if self.one_token is not None and self.one_token.applies(step):
+            out = self.one_token(step, self.cache, embeddings)
+            return out if batch.logits[0] else torch.empty(0, self.n_vocab)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
             self.model.forward(step, self.cache, out_index, hidden=embeddings)
@@ -202,19 +182,18 @@ class Engine:
         return batch.seq == list(range(n)) and all(batch.logits) and n <= self.n_seq
 
     def _graph_decode(self, batch: Batch) -> torch.Tensor:
-        from .cuda_graphs import FUSED, FUSED_LONG, LONG_CONTEXT, GraphedDecode, bucket_for, fused_step_supported
+        from .cuda_graphs import FUSED, FUSED_LONG, LONG_CONTEXT, GraphedDecode, bucket_for
 
         top = max(batch.pos)
         if min(batch.pos) < 0 or top >= self.n_ctx:
             raise LlamatorchError(f"position {top} is outside the context of {self.n_ctx} tokens")
-        if self._fused_step is None:
-            self._fused_step = fused_step_supported(self.model)
-        if self._fused_step:
+        triton = self.paths.triton_step
+        if triton:
             key = (len(batch), FUSED_LONG if top >= LONG_CONTEXT else FUSED)
         else:
             key = (len(batch), bucket_for(top + 1, self.n_ctx))
         g = self._graphs.get(key)
-        if g is None and self._fused_step:
+        if g is None and triton:
             g = GraphedDecode.fused_decode(self.model, self.cache, key[0], self.device, key[1] == FUSED_LONG)
         elif g is None:
             g = GraphedDecode(self.model, self.cache, key[0], key[1], self.device)
@@ -238,6 +217,10 @@ class Engine:
         if g is None:
             g = self._forward_graphs[key] = GraphedForward(self.model, self.cache, step, out_index, hidden)
         return g.run(step, out_index)
+
+    def describe_paths(self) -> str:
+        """The chosen execution path per phase, for --verbose."""
+        return "; ".join(self.paths.describe())
 
     def weight_bytes_per_token(self) -> int:
         return self.model.weight_bytes_per_token()

@@ -24,7 +24,7 @@ SHAPES = {  # name: [(label, N, K, bits, group)]; labels name the fusions of the
 
 
 def fusions(label: str, x: torch.Tensor, out: torch.Tensor) -> dict:
-    """The decode step's fused operations for this matrix (llama_step.py)."""
+    """The decode step's fused operations for this matrix (models/triton_step.py)."""
     norm = torch.rand(x.shape[1], device=x.device)
     if label == "gate_up":
         return dict(norm=norm, eps=1e-5, glu=True)

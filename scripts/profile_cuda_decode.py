@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--no-split", action="store_true", help="one attention program per (sequence, KV head)")
     args = ap.parse_args()
     if args.no_split:
-        from llamatorch.core.kernels import llama_step
+        from llamatorch.core.models import triton_step
 
-        llama_step.attention_splits = lambda programs, n_ctx: 1
+        triton_step.attention_splits = lambda programs, n_ctx: 1
     B = args.batch
     e = Engine(args.model, n_ctx=args.ctx, n_seq=B, dtype="bf16", device="cuda")
     step = Batch()

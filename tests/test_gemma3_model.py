@@ -46,12 +46,12 @@ def test_layer_pattern_and_rope_bases(tiny):
     from llamatorch.core.engine import Engine
 
     model, path = tiny
-    m = Engine(path, n_ctx=16, dtype="f32", threads=1).model
+    ours = Engine(path, n_ctx=16, dtype="f32", threads=1).model.config
     cfg = model.config
-    assert m.is_swa == [t == "sliding_attention" for t in cfg.layer_types]
-    assert m.is_swa == [il % 6 != 5 for il in range(cfg.num_hidden_layers)]
-    assert m.rope_base_swa == cfg.rope_parameters["sliding_attention"]["rope_theta"]
-    assert m.params.rope_base == cfg.rope_parameters["full_attention"]["rope_theta"]
+    assert list(ours.swa_layers) == [t == "sliding_attention" for t in cfg.layer_types]
+    assert list(ours.swa_layers) == [il % 6 != 5 for il in range(cfg.num_hidden_layers)]
+    assert ours.rope_base_swa == cfg.rope_parameters["sliding_attention"]["rope_theta"]
+    assert ours.rope_base == cfg.rope_parameters["full_attention"]["rope_theta"]
 
 
 def test_default_local_rope_base_without_the_key(tmp_path):

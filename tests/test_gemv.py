@@ -90,7 +90,7 @@ def test_linear_decodes_real_blocks_by_the_kernel(tmp_path, qtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_product_follows_its_arithmetic(rows, dtype):
     """int8 rows with one scale each (outputs.Int8Linear): the same activations, exact sums."""
-    from llamatorch.core.models.outputs import quantize_rows
+    from llamatorch.core.models.matrix_forms import quantize_rows
 
     g = torch.Generator().manual_seed(10 + rows)
     w = torch.randn(48, 160, generator=g)

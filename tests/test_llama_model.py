@@ -133,7 +133,7 @@ def test_rms_norm_matches_ggml(shape):
     statistics: sum of squares in double, scale = 1/sqrt(mean + eps) in float, x * scale, then * w."""
     import numpy as np
 
-    from llamatorch.core.models.common import rms_norm
+    from llamatorch.core.models.norm import rms_norm
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g) * 3

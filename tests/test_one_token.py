@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers.tiny_decoders import hf_model, tiny_config, write_gguf
 from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
 from llamatorch.core.engine import Batch, Engine
 from llamatorch.core.models import one_token
@@ -15,10 +16,22 @@ def q4_path(tmp_path_factory):
     return requantize_gguf(write_llama_gguf(model, d / "tiny-f32.gguf"), d / "tiny-q4_0.gguf", "Q4_0", "Q8_0")
 
 
+@pytest.fixture(scope="module", params=["llama-q4_0", "qwen2-q8_0", "qwen3-q4_0", "gemma3-q8_0", "gemma3-q4_0"])
+def any_arch(request, tmp_path_factory, q4_path):
+    """A tiny model of each architecture in a format whose matrices get one-row kernels (int4 packs for
+    Q4_0, int8 copies for Q8_0); Gemma 3's 8 layers mix local (window 8) and global ones."""
+    arch, qtype = request.param.split("-")
+    if arch == "llama":
+        return q4_path
+    d = tmp_path_factory.mktemp(request.param)
+    f32 = write_gguf(hf_model(tiny_config(arch, hidden_size=128, intermediate_size=256)), d / "f32.gguf")
+    return requantize_gguf(f32, d / f"{qtype}.gguf", qtype.upper(), "Q8_0")
+
+
 def _decode_run(engine: Engine, row: int, fast) -> torch.Tensor:
     """A 10-token prompt on cache row `row`, then 12 single-token steps: every step's logits, and the
     last step's hidden state (embeddings)."""
-    engine.model.one_token = fast
+    engine.one_token = fast
     engine.cache.clear()
     engine.decode(Batch(list(range(30, 40)), list(range(10)), [row] * 10, [False] * 9 + [True]))
     out = [engine.decode(Batch([100 + i], [10 + i], [row], [True])).clone() for i in range(12)]
@@ -27,10 +40,10 @@ def _decode_run(engine: Engine, row: int, fast) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("row", [0, 2])
-def test_one_token_path_equals_batched_path(q4_path, row, monkeypatch):
-    engine = Engine(q4_path, n_ctx=64, n_seq=3, dtype="bf16", threads=1)
-    fast = engine.model.one_token
-    assert fast is not None  # a Q4_0 llama in bf16 on the CPU takes the one-token path
+def test_one_token_path_equals_batched_path(any_arch, row, monkeypatch):
+    engine = Engine(any_arch, n_ctx=64, n_seq=3, dtype="bf16", threads=1)
+    fast = engine.one_token
+    assert fast is not None, engine.describe_paths()  # bf16 on the CPU with one-row kernels: the one-token path
     calls = []
     original = one_token.OneTokenDecode.__call__
     monkeypatch.setattr(one_token.OneTokenDecode, "__call__",
@@ -43,9 +56,9 @@ def test_one_token_path_equals_batched_path(q4_path, row, monkeypatch):
 
 
 def test_one_token_path_only_where_it_applies(q4_path):
-    assert Engine(q4_path, n_ctx=64, dtype="f32", threads=1).model.one_token is None
+    assert Engine(q4_path, n_ctx=64, dtype="f32", threads=1).one_token is None
     engine = Engine(q4_path, n_ctx=64, n_seq=2, dtype="bf16", threads=1)
     step, _ = engine._layout(Batch([1, 2], [0, 0], [0, 1], [True, True]))  # two sequences: the batched path
-    assert not engine.model.one_token.applies(step)
+    assert not engine.one_token.applies(step)
     step, _ = engine._layout(Batch([1], [0], [1], [True]))
-    assert engine.model.one_token.applies(step)
+    assert engine.one_token.applies(step)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from llamatorch.core import gemv
-from llamatorch.core.models import outputs
-from llamatorch.core.models.outputs import DenseOutput, Int4TopOutput, Int8Output
+from llamatorch.core.models import matrix_forms as outputs
+from llamatorch.core.models.matrix_forms import DenseOutput, Int4TopOutput, Int8Output
 
 
 def _exact(x, w):

@@ -25,7 +25,8 @@ try:
     triton = pytest.importorskip("triton")
     if not ON_GPU and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
         pytest.skip("Triton's interpreter before 3.9 cannot run on this NumPy", allow_module_level=True)
-    from llamatorch.core.kernels import decode_ops, llama_step, quant_matmul
+    from llamatorch.core.kernels import quant_matmul, rope_attention
+    from llamatorch.core.models import triton_step
 finally:
     if _old is None:
         os.environ.pop("TRITON_INTERPRET", None)
@@ -37,7 +38,7 @@ finally:
 def kernels(monkeypatch):
     if not ON_GPU:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return {"quant_matmul": quant_matmul, "decode_ops": decode_ops, "llama_step": llama_step}
+    return {"quant_matmul": quant_matmul, "rope_attention": rope_attention, "triton_step": triton_step}
 
 
 class _Ref:
@@ -138,9 +139,9 @@ def test_quant_matmul_epilogues(kernels):
 def test_rope_attention(kernels, neox):
     """RoPE of the new token's query and key, its key and value stored in the cache, attention over
     cells 0..position, and the QKV buffer left zeroed."""
-    from llamatorch.core.models.common import apply_rope, rope_tables
+    from llamatorch.core.models.rope import rope_neox, rope_tables
 
-    ops = kernels["decode_ops"]
+    ops = kernels["rope_attention"]
     B, H, HKV, hd, cells = 3, 6, 2, 64, 80
     g = torch.Generator().manual_seed(int(neox))
     cos, sin = rope_tables(cells, hd, 10000.0, "cpu")
@@ -156,7 +157,7 @@ def test_rope_attention(kernels, neox):
     x = qkv.view(B, H + 2 * HKV, 1, hd)
     c, s = cos[pos][:, None, None], sin[pos][:, None, None]
     if neox:
-        rot = apply_rope(x[:, : H + HKV], c, s, True)
+        rot = rope_neox(x[:, : H + HKV], c, s)
     else:  # ggml's normal mode: adjacent pairs
         xr = x[:, : H + HKV].unflatten(-1, (hd // 2, 2))
         rot = torch.stack([xr[..., 0] * c - xr[..., 1] * s, xr[..., 0] * s + xr[..., 1] * c], -1).flatten(-2)
@@ -194,8 +195,8 @@ def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq, n_ct
     g = torch.Generator().manual_seed(5)
     seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (9, 4, 2, 7, 3, 5)[:n_seq]]
     eng = Engine(tiny_q4, n_ctx=n_ctx, n_seq=n_seq, dtype="bf16", device=DEVICE)
-    assert kernels["llama_step"].supports(eng.model)
-    step = kernels["llama_step"].LlamaDecodeStep(eng.model, eng.cache, n_seq, eng.device)
+    assert kernels["triton_step"].unsupported(eng.model) is None
+    step = kernels["triton_step"].DecoderStep(eng.model, eng.cache, n_seq, eng.device)
     assert step.gemv == (n_seq <= 4) and (step.split is not None) == (n_ctx > 64)
     ref = Engine(tiny_q4, n_ctx=64, dtype="f32", device="cpu")
     for s, toks in enumerate(seqs):
@@ -213,9 +214,9 @@ def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq, n_ct
 def test_rope_attention_split_over_programs(kernels):
     """Flash-decoding (the cells spread over several programs, merged by the last to finish) equals the
     one-program kernel, including the cache writes and the zeroed QKV buffer."""
-    from llamatorch.core.models.common import rope_tables
+    from llamatorch.core.models.rope import rope_tables
 
-    ops = kernels["decode_ops"]
+    ops = kernels["rope_attention"]
     B, H, HKV, hd, cells = 3, 8, 2, 64, 300
     g = torch.Generator().manual_seed(7)
     cos, sin = (t.to(DEVICE) for t in rope_tables(cells, hd, 10000.0, "cpu"))

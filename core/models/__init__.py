@@ -1,27 +1,17 @@
-"""Model families, keyed by GGUF `general.architecture`."""
+"""Model families, keyed by GGUF `general.architecture`: every decoder-only one is the one Decoder with
+its own DecoderConfig builder (config.py); bert is an encoder of its own."""
 
 from __future__ import annotations
 
 from ..errors import GGUFError
 from ..gguf_file import GGUFFile
+from .config import BUILDERS
 
 
-def _llama():
-    from .llama import LlamaModel
+def _decoder():
+    from .decoder import Decoder
 
-    return LlamaModel
-
-
-def _qwen():
-    from .qwen import QwenModel
-
-    return QwenModel
-
-
-def _gemma3():
-    from .gemma3 import Gemma3Model
-
-    return Gemma3Model
+    return Decoder
 
 
 def _bert():
@@ -31,13 +21,7 @@ def _bert():
 
 
 # architecture -> factory returning the model class (imported lazily)
-ARCHITECTURES = {
-    "bert": _bert,
-    "llama": _llama,
-    "qwen2": _qwen,
-    "qwen3": _qwen,
-    "gemma3": _gemma3,
-}
+ARCHITECTURES = {"bert": _bert, **{arch: _decoder for arch in BUILDERS}}
 
 
 def model_class(f: GGUFFile):

@@ -20,7 +20,7 @@ from ..errors import GGUFError
 from ..gguf_file import GGUFFile
 from .hparams import check_attention, positive_float, positive_int, vocab_rows
 from ..weights import Linear, TensorRef
-from .common import Step
+from ..batch import Step
 
 # llama.cpp's enum llama_pooling_type
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -126,7 +126,7 @@ class BertModel:
     is_encoder = True  # no KV cache: each batch is self-contained
 
     def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device):
-        self.params = p = BertParams.from_gguf(f)
+        self.config = p = BertParams.from_gguf(f)
         self.dtype, self.device = dtype, device
         D = p.n_embd
         self.tok_embd = check_shape(f, "token_embd.weight", (p.n_vocab, D)).dequantize(device)
@@ -152,9 +152,9 @@ class BertModel:
         return self.cls_out is not None or self.cls is not None
 
     def prepare(self, n_ctx: int) -> None:
-        if n_ctx > self.params.n_ctx_train:
+        if n_ctx > self.config.n_ctx_train:
             raise GGUFError(
-                f"context {n_ctx} exceeds the {self.params.n_ctx_train} positions this bert model has embeddings for"
+                f"context {n_ctx} exceeds the {self.config.n_ctx_train} positions this bert model has embeddings for"
             )
 
     def forward(self, step: Step, cache, out_index: torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
@@ -162,7 +162,7 @@ class BertModel:
 
         A bert model has no LM head: `hidden` is implied.
         """
-        p = self.params
+        p = self.config
         B, T = step.tokens.shape
         H, Dh = p.n_head, p.head_dim
         x = self.tok_embd[step.tokens] + self.pos_embd[step.positions]  # [B, T, D] float32

@@ -120,7 +120,7 @@ def requantize_gguf(src: Path, out: Path, qtype_name: str, embd_qtype_name: str 
 
     T = gguf.GGMLQuantizationType
     f = GGUFFile(src)
-    w = gguf.GGUFWriter(str(out), "llama")
+    w = gguf.GGUFWriter(str(out), f.architecture)
     reader = gguf.GGUFReader(str(src))
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":

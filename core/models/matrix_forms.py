@@ -1,4 +1,5 @@
-"""Output projections and other dense matrices as per-row int8 for the few-row products of CPU decoding.
+"""The forms a weight matrix takes for decoding, and the one policy that picks them (`place_matrix`,
+`output_matrix`): per-row int8 copies of dense matrices and the output projections.
 
 Matrices that the int4 "tinygemm" kernel cannot take (Q5_0, Q6_K, Q8_0, F16, ... ) are dequantized to
 bf16 for GEMMs; for decoding a bf16 GEMV reads 2 bytes per weight and is slow.  PyTorch's
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import gemv
-from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear, pack_tinygemm
+from ..weights import INT4_MAX_ROWS, QUANT_MAX_ROWS, Linear, TensorRef, pack_tinygemm
 
 _CHUNK = 2048  # rows quantized at a time: bounds the float32 temporaries (a few MiB)
 _INT8_MM = torch.ops.aten._weight_int8pack_mm.default  # looked up once: decoding calls it per layer
@@ -39,6 +40,8 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear:
     """Linear's interface over a dense matrix: dense GEMM for many rows, int8 kernel for <= 16 rows
     (the native VNNI one where it runs, gemv.py, else PyTorch's)."""
+
+    quant = None  # (Linear's protocol: no Triton form, this is a CPU matrix)
 
     def __init__(self, dense: torch.Tensor, splits: list[int]):
         self.dense, self.splits = dense, splits
@@ -78,9 +81,17 @@ def int8_wanted(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.bfloat16 and device.type == "cpu"
 
 
+def place_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int8: bool = True):
+    """A layer's (fused) matrix in the form its decoding wants: a Linear (int4 packs, the Triton form or
+    dense), or on the bf16 CPU path an Int8Linear where the format has no int4 packing (Q5_0, Q6_K,
+    Q8_0, F16, ...).  Every architecture's matrices go through here."""
+    lin = Linear(refs, dtype, device)
+    return for_decode(lin) if int8 else lin
+
+
 def for_decode(lin: Linear) -> Linear | Int8Linear:
-    """The int8 variant of a Linear that has no int4 packing (on the bf16 CPU path), else itself."""
-    if not lin.int4 and int8_wanted(lin.dense.dtype, lin.dense.device):
+    """The int8 variant of a Linear that has no one-row kernel of its own (on the bf16 CPU path), else itself."""
+    if lin.few_rows is None and int8_wanted(lin.dense.dtype, lin.dense.device):
         return Int8Linear(lin.dense, lin.splits)
     return lin
 
@@ -92,6 +103,11 @@ class DenseOutput:
         self.weight = weight
         self.quant = quant  # the Triton integer-group form for CUDA decoding (weights.decode_matrix)
         self._rows_out = None  # reused output of large many-row products on the CPU (see many_rows)
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """The matrix itself (as Linear.dense: the dense GEMMs of many-row products)."""
+        return self.weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]

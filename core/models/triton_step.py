@@ -1,4 +1,4 @@
-"""A llama-family decode step (one token for each of B sequences) in five Triton kernels per layer.
+"""A decode step (one token for each of B sequences) in five Triton kernels per layer.
 
     [RMSNorm + QKV, added into a zeroed buffer] -> [RoPE + KV store + attention, zeroing that buffer]
     -> [O, added to the residual] -> [RMSNorm + gate|up + silu(gate) * up] -> [down, added to the residual]
@@ -13,23 +13,29 @@ GEMMs (cuBLAS; the norm, silu * up and residual then as separate PyTorch ops) an
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from ..weights import QUANT_MAX_ROWS
-from .decode_ops import SplitScratch, rope_attention
+from ..kernels.rope_attention import SplitScratch, rope_attention
 
 
-def supports(model) -> bool:
-    """Plain llama graphs (no biases, QK-norm, soft-capping...) whose matrices all have Triton forms."""
-    from ..models.llama import LlamaModel
-
-    if type(model) is not LlamaModel or model.params.n_rot != model.params.head_dim:
-        return False
+def unsupported(model) -> str | None:
+    """Why the Triton step cannot run `model` (None: it can).  It runs the decoder's plain graph --
+    RMSNorm, QKV without bias, RoPE in either mode over whole heads, SwiGLU, no post-norms, soft-cap,
+    embedding scale or sliding window -- with every matrix in the Triton integer-group form."""
+    c = model.config
+    features = {"QKV bias": c.qkv_bias, "output bias": c.output_bias, "QK-norm": c.qk_norm,
+                "post-norms": c.post_norms, f"{c.activation} gate": c.activation != "silu",
+                "embedding scale": c.embd_scale != 1.0, "logit soft-cap": bool(c.final_softcap),
+                "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim}
+    missing = [name for name, present in features.items() if present]
+    if missing:
+        return "no Triton form for " + ", ".join(missing)
     mats = [m for L in model.layers for m in (L.qkv, L.wo, L.gate_up, L.down)] + [model.output]
-    return all(getattr(m, "quant", None) is not None for m in mats)
+    if any(m.quant is None for m in mats):
+        return "a matrix has no Triton integer-group form"
+    return None
 
 
 def attention_splits(programs: int, n_ctx: int) -> int:
@@ -40,9 +46,9 @@ def attention_splits(programs: int, n_ctx: int) -> int:
     return min(16, 1 << (n_ctx // 1024).bit_length() - 1)
 
 
-class LlamaDecodeStep:
+class DecoderStep:
     def __init__(self, model, cache, batch_size: int, device: torch.device, split_attention: bool = True):
-        p = model.params
+        p = model.config
         self.model, self.cache, self.p = model, cache, p
         B = batch_size
         self.inputs = torch.zeros(2, B, dtype=torch.int64, device=device)  # tokens, positions
@@ -58,7 +64,7 @@ class LlamaDecodeStep:
         self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
             torch.zeros(B, 2 * p.n_ff, **bf16))
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
-        self.scale = 1.0 / math.sqrt(p.head_dim)
+        self.scale = p.query_scale
         self.split = None
         splits = attention_splits(B * p.n_head_kv, cache.n_ctx) if split_attention else 1
         if splits > 1:
@@ -73,7 +79,7 @@ class LlamaDecodeStep:
             return
         if norm is not None:
             x = F.rms_norm(x, (x.shape[1],), norm, eps)
-        y = F.linear(x.to(torch.bfloat16), mat.dense if hasattr(mat, "dense") else mat.weight)
+        y = F.linear(x.to(torch.bfloat16), mat.dense)
         if accumulate:  # (the dense path never asks for it on the QKV output, see forward)
             out.add_(y)
         else:
@@ -90,8 +96,8 @@ class LlamaDecodeStep:
         x.copy_(m.tok_embd[self.tokens])
         for il, L in enumerate(m.layers):
             self._matmul(L.qkv, x, self.qkv, norm=L.attn_norm, accumulate=self.gemv)
-            rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope_cos, m.rope_sin,
-                           p.n_head, self.scale, neox=False, split=self.split)
+            rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope.cos, m.rope.sin,
+                           p.n_head, self.scale, neox=p.rope_neox, split=self.split)
             self._matmul(L.wo, self.attn, x, accumulate=True)
             self._matmul(L.gate_up, x, self.ffn_in, norm=L.ffn_norm, glu=True)
             self._matmul(L.down, self._ffn_input(), x, accumulate=True)
