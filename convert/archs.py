@@ -8,6 +8,7 @@ device, so the same code plans output shapes without reading a byte and later co
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,6 +17,7 @@ import gguf
 from llamatorch.core.errors import LlamatorchError
 
 from . import vocab
+from .checkpoint import GeneratedTensor
 from .hparams import architecture, find
 from .special_tokens import tokenizer_json
 from .text_params import rope_parameters, write_text_params
@@ -127,6 +129,10 @@ class TextArch:
             names += [f"blk.{b}.{n}.weight" for n in per_block]
         return names
 
+    def extra_tensors(self) -> list[GeneratedTensor]:
+        """Tensors computed from the config rather than read from the checkpoint (written first)."""
+        return []
+
     # -- metadata ----------------------------------------------------------------------------
     def set_params(self, w: gguf.GGUFWriter, ftype: gguf.LlamaFileType) -> None:
         write_text_params(w, self.hparams, self.rope, self.block_count, ftype)
@@ -158,8 +164,10 @@ class TextArch:
         w.add_pooling_type(kind)
 
 
-@register("LlamaForCausalLM")
+@register("LlamaForCausalLM", "MistralForCausalLM")
 class Llama(TextArch):
+    """Llama 2/3.x, SmolLM2, Mistral (llama.cpp runs Mistral as llama: no sliding-window key)."""
+
     gguf_arch = gguf.MODEL_ARCH.LLAMA
 
     @staticmethod
@@ -180,6 +188,33 @@ class Llama(TextArch):
         if name.endswith(("k_proj.weight", "k_proj.bias")):
             t = self.permute(t, n_head, n_kv)
         yield from super().transform(name, t, bid)
+
+    def extra_tensors(self):
+        """Llama 3.1+ RoPE scaling ("llama3"): one factor per rotated pair, by which the pair's frequency
+        is divided at run time: long wavelengths are slowed by `factor`, short ones kept, the band between
+        blended (the reference's rope_freqs tensor, computed the same way)."""
+        rp = self.rope.get("full_attention", self.rope)
+        if str(rp.get("rope_type", "")).lower() != "llama3":
+            return []
+        import torch
+
+        hp = self.hparams
+        dim = hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"]
+        inv_freq = 1.0 / (rp.get("rope_theta", 10000.0) ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        factor = rp.get("factor", 8.0)
+        low, high = rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+        old_ctx = rp.get("original_max_position_embeddings", 8192)
+        factors = []
+        for freq in inv_freq:
+            wavelen = 2 * math.pi / freq
+            if wavelen < old_ctx / high:
+                factors.append(1)
+            elif wavelen > old_ctx / low:
+                factors.append(factor)
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        return [GeneratedTensor("rope_freqs.weight", tuple(float(f) for f in torch.tensor(factors, dtype=torch.float32)))]
 
     def set_params(self, w, ftype):
         super().set_params(w, ftype)

@@ -33,6 +33,30 @@ _DTYPES: dict[str, tuple[str, str]] = {
 
 
 @dataclass(frozen=True)
+class GeneratedTensor:
+    """A tensor the converter computes from the config (llama.cpp's generate_extra_tensors), planned and
+    written like a checkpoint tensor (TensorRef's interface)."""
+
+    name: str
+    values: tuple[float, ...]
+    dtype: str = "F32"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.values),)
+
+    def torch_dtype(self):
+        import torch
+
+        return torch.float32
+
+    def load(self):
+        import torch
+
+        return torch.tensor(self.values, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
 class TensorRef:
     """Where one tensor's bytes live; nothing is read until `load()`."""
 

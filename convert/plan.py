@@ -77,7 +77,8 @@ def make_plan(arch: TextArch, refs: dict[str, TensorRef], ftype: gguf.LlamaFileT
     import torch
 
     plan: list[PlannedTensor] = []
-    for ref in refs.values():
+    # tensors computed from the config come first, as in the reference (generate_extra_tensors)
+    for ref in [*arch.extra_tensors(), *refs.values()]:
         name = arch.rename(ref.name)
         if name is None or name.endswith((".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")):
             continue

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ref_path, run_cli
-from test_convert_support import (build_gemma3, build_llama_hf, build_llama_spm, build_qwen, build_smollm2,
-                                  gguf_differences, run_oracles)
+from test_convert_support import (build_gemma3, build_llama3_rope, build_llama_hf, build_llama_spm, build_mistral,
+                                  build_qwen, build_smollm2, gguf_differences, run_oracles)
 
 OUTTYPES = ["f16", "bf16", "f32", "q8_0"]
 MODELS = ["smollm2", "llama_spm", "llama_hf", "qwen2", "qwen3", "gemma3"]
+MORE = {"llama3_rope": ["f32", "q8_0"], "mistral": ["f16", "q8_0"]}  # fewer output types for these
 
 
 def assert_same_file(ours: Path, ref: Path) -> None:
@@ -34,11 +35,14 @@ def oracle(tmp_path_factory):
         "qwen2": build_qwen(root / "qwen2", 2),
         "qwen3": build_qwen(root / "qwen3", 3),
         "gemma3": build_gemma3(root / "gemma3"),
+        "llama3_rope": build_llama3_rope(root / "llama3_rope"),
+        "mistral": build_mistral(root / "mistral"),
         "sharded": build_smollm2(root / "SmolLM2-sharded", cfg, layers=1, shard="20MB"),
     }
     refs = root / "ref"
     refs.mkdir()
     jobs = [(models[m], t, refs / f"{m}-{t}.gguf") for m in MODELS for t in OUTTYPES]
+    jobs += [(models[m], t, refs / f"{m}-{t}.gguf") for m, types in MORE.items() for t in types]
     jobs += [(models["sharded"], "auto", refs / "sharded-auto.gguf"),
              (models["smollm2"], "f16", refs / "smollm2-vocab.gguf", "--vocab-only"),
              (models["gemma3"], "f16", refs / "gemma3-vocab.gguf", "--vocab-only")]
@@ -49,8 +53,8 @@ def oracle(tmp_path_factory):
     return models, refs
 
 
-@pytest.mark.parametrize("outtype", OUTTYPES)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model,outtype", [(m, t) for m in MODELS for t in OUTTYPES]
+                         + [(m, t) for m, types in MORE.items() for t in types])
 def test_matches_reference_converter(oracle, model, outtype, tmp_path):
     from llamatorch.convert.pipeline import convert
 

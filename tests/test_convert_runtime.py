@@ -24,3 +24,23 @@ def test_converted_checkpoint_matches_transformers(arch, tmp_path):
     toks = random_tokens(30)
     ours = Engine(out, n_ctx=64, dtype="f32", threads=1).decode(Batch.sequence(toks, all_logits=True))
     assert (ours - hf_logits(model, toks)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("build", ["llama3_rope", "mistral"])
+def test_llama_family_checkpoints_match_transformers(build, tmp_path):
+    """Llama 3.1's RoPE scaling (the rope_freqs tensor divides each pair's frequency) and Mistral run as
+    the llama graph: converted by us, logits against transformers on the original float32 weights."""
+    import test_convert_support as support
+    from transformers import AutoModelForCausalLM
+
+    ckpt = getattr(support, f"build_{build}")(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    out = tmp_path / "m.gguf"
+    proc = run_cli("convert-hf-to-gguf", str(ckpt), "--outfile", str(out), "--outtype", "f32")
+    assert proc.returncode == 0, proc.stderr
+    from llamatorch.core.gguf_file import GGUFFile
+
+    assert ("rope_freqs.weight" in GGUFFile(out).tensors) == (build == "llama3_rope")
+    toks = random_tokens(120, seed=3)  # positions well past the original context of 64
+    ours = Engine(out, n_ctx=128, dtype="f32", threads=1).decode(Batch.sequence(toks, all_logits=True))
+    assert (ours - hf_logits(model.float(), toks)).abs().max().item() <= TOL

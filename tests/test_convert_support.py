@@ -160,6 +160,39 @@ def build_llama_spm(folder: Path) -> Path:
     return folder
 
 
+def build_llama3_rope(folder: Path) -> Path:
+    """The tiny Llama with Llama 3.1's RoPE scaling (rope_type llama3), its original context short enough
+    that the factors cover all three bands (kept, blended, slowed): the rope_freqs tensor."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=64)
+    cfg = LlamaConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, rope_parameters=rope)
+    _save(LlamaForCausalLM(cfg), folder, torch.float32)
+    _write_tokenizer_config(folder)
+    return folder
+
+
+def build_mistral(folder: Path) -> Path:
+    """A tiny MistralForCausalLM (GQA, a sliding window in the config, which llama.cpp does not keep)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    cfg = MistralConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        sliding_window=256, tie_word_embeddings=False, bos_token_id=2, eos_token_id=1)
+    _save(MistralForCausalLM(cfg), folder, torch.bfloat16)
+    _write_tokenizer_config(folder)
+    return folder
+
+
 def build_llama_hf(folder: Path) -> Path:
     """The tiny Llama with its SentencePiece model turned into a byte-fallback BPE tokenizer.json only."""
     from transformers import LlamaTokenizer

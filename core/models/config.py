@@ -36,6 +36,7 @@ class DecoderConfig:
     n_rot: int
     rope_base: float
     rope_scale: float = 1.0  # positions are multiplied by this (linear scaling: 1 / factor)
+    rope_freq_factors: tuple[float, ...] = ()  # per rotated pair, frequencies divided by these (Llama 3.1+)
     # optional tensors and graph choices
     qkv_bias: bool = False  # attn_q/k/v.bias (qwen2)
     output_bias: bool = False  # output.bias
@@ -92,8 +93,25 @@ def base_config(f: GGUFFile, rope_neox: bool) -> DecoderConfig:
         n_rot=n_rot,
         rope_base=positive_float(f, key("rope.freq_base"), 10000.0),
         rope_scale=1.0 / factor if scaling == "linear" else 1.0,
+        rope_freq_factors=_freq_factors(f, n_rot),
         output_bias="output.bias" in f.tensors,
     )
+
+
+def _freq_factors(f: GGUFFile, n_rot: int) -> tuple[float, ...]:
+    """The rope_freqs tensor (llama.cpp applies it to every layer), checked against the rotated pairs."""
+    if "rope_freqs.weight" not in f.tensors:
+        return ()
+    from ..weights import TensorRef
+
+    info = f.tensors["rope_freqs.weight"]
+    if tuple(info.shape) != (n_rot // 2,):
+        raise GGUFError(f"{f.path.name}: tensor rope_freqs.weight has shape {list(info.shape)}, the architecture "
+                        f"expects [{n_rot // 2}]")
+    values = TensorRef(f, "rope_freqs.weight").dequantize().tolist()
+    if not all(v > 0 for v in values):
+        raise GGUFError(f"{f.path.name}: rope_freqs.weight has a factor that is not positive")
+    return tuple(values)
 
 
 # ---- the architectures ----------------------------------------------------------------------------

@@ -94,9 +94,10 @@ class LayerInput(NamedTuple):
 class RopeTable:
     """cos/sin (and, for normal mode, their complex form) for positions 0..n_ctx."""
 
-    def __init__(self, n_pos: int, c: DecoderConfig, base: float, scale: float, device):
+    def __init__(self, n_pos: int, c: DecoderConfig, base: float, scale: float, device, freq_factors=()):
         self.neox = c.rope_neox
-        self.cos, self.sin = rope_tables(n_pos, c.n_rot, base, device, scale)
+        factors = torch.tensor(freq_factors, dtype=torch.float32) if freq_factors else None
+        self.cos, self.sin = rope_tables(n_pos, c.n_rot, base, device, scale, factors)
         self.cis = None if self.neox else torch.complex(self.cos, self.sin)
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -132,7 +133,7 @@ class Decoder:
     def prepare(self, n_ctx: int) -> None:
         """Position tables for a context of n_ctx (+1 trash cell); the residual stream's dtype."""
         c = self.config
-        self.rope = RopeTable(n_ctx + 1, c, c.rope_base, c.rope_scale, self.device)
+        self.rope = RopeTable(n_ctx + 1, c, c.rope_base, c.rope_scale, self.device, c.rope_freq_factors)
         # local layers: their own base, no scaling
         self.rope_swa = RopeTable(n_ctx + 1, c, c.rope_base_swa, 1.0, self.device) if c.any_swa else None
         gpu = self.device.type == "cuda"

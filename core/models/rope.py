@@ -10,9 +10,13 @@ from __future__ import annotations
 import torch
 
 
-def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of theta = pos * base^(-2i/n_rot) for i < n_rot/2: two [n_pos, n_rot/2] float32 tables."""
+def rope_tables(n_pos: int, n_rot: int, base: float, device, scale: float = 1.0,
+                freq_factors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of theta = pos * scale * base^(-2i/n_rot) / freq_factors[i] for i < n_rot/2: two
+    [n_pos, n_rot/2] float32 tables.  freq_factors: Llama 3.1+ scaling (the GGUF's rope_freqs tensor)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, n_rot, 2, dtype=torch.int64, device=device).float() / n_rot))
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(device=device, dtype=torch.float32)
     pos = torch.arange(n_pos, dtype=torch.float32, device=device) * scale
     theta = torch.outer(pos, inv_freq)
     return theta.cos(), theta.sin()
