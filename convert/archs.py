@@ -241,6 +241,28 @@ class Llama(TextArch):
             w.add_add_bos_token(False)  # granite-small/SmolLM vocab: the reference forces this
 
 
+@register("GraniteForCausalLM")
+class Granite(Llama):
+    """IBM Granite 3.x: llama plus four multipliers, written as llama.cpp's *_scale keys (GraniteModel)."""
+
+    gguf_arch = gguf.MODEL_ARCH.GRANITE
+
+    def __init__(self, model_dir, hparams):
+        super().__init__(model_dir, {k: v for k, v in hparams.items() if k != "head_dim"})  # the reference drops it
+
+    def set_params(self, w, ftype):
+        super().set_params(w, ftype)
+        hp = self.hparams
+        if v := hp.get("attention_multiplier"):
+            w.add_attention_scale(v)
+        if v := hp.get("embedding_multiplier"):
+            w.add_embedding_scale(v)
+        if v := hp.get("residual_multiplier"):
+            w.add_residual_scale(v)
+        if v := hp.get("logits_scaling"):
+            w.add_logit_scale(v)
+
+
 def _is_llama_hf_bpe(tj: dict) -> bool:
     model = tj.get("model", {})
     llama3 = model.get("type") == "BPE" and model.get("ignore_merges", False) and not model.get("byte_fallback", True)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ref_path, run_cli
-from test_convert_support import (build_gemma3, build_llama3_rope, build_llama_hf, build_llama_spm, build_mistral,
-                                  build_qwen, build_smollm2, gguf_differences, run_oracles)
+from test_convert_support import (build_gemma3, build_granite, build_llama3_rope, build_llama_hf, build_llama_spm,
+                                  build_mistral, build_qwen, build_smollm2, gguf_differences, run_oracles)
 
 OUTTYPES = ["f16", "bf16", "f32", "q8_0"]
 MODELS = ["smollm2", "llama_spm", "llama_hf", "qwen2", "qwen3", "gemma3"]
-MORE = {"llama3_rope": ["f32", "q8_0"], "mistral": ["f16", "q8_0"]}  # fewer output types for these
+MORE = {"llama3_rope": ["f32", "q8_0"], "mistral": ["f16", "q8_0"], "granite": ["f32", "bf16"]}  # fewer output types for these
 
 
 def assert_same_file(ours: Path, ref: Path) -> None:
@@ -37,6 +37,7 @@ def oracle(tmp_path_factory):
         "gemma3": build_gemma3(root / "gemma3"),
         "llama3_rope": build_llama3_rope(root / "llama3_rope"),
         "mistral": build_mistral(root / "mistral"),
+        "granite": build_granite(root / "granite"),
         "sharded": build_smollm2(root / "SmolLM2-sharded", cfg, layers=1, shard="20MB"),
     }
     refs = root / "ref"

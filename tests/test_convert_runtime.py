@@ -26,10 +26,11 @@ def test_converted_checkpoint_matches_transformers(arch, tmp_path):
     assert (ours - hf_logits(model, toks)).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("build", ["llama3_rope", "mistral"])
+@pytest.mark.parametrize("build", ["llama3_rope", "mistral", "granite"])
 def test_llama_family_checkpoints_match_transformers(build, tmp_path):
-    """Llama 3.1's RoPE scaling (the rope_freqs tensor divides each pair's frequency) and Mistral run as
-    the llama graph: converted by us, logits against transformers on the original float32 weights."""
+    """Llama 3.1's RoPE scaling (the rope_freqs tensor divides each pair's frequency), Mistral (run as
+    the llama graph) and Granite (its four multipliers): converted by us, logits against transformers
+    on the original float32 weights."""
     import test_convert_support as support
     from transformers import AutoModelForCausalLM
 

@@ -193,6 +193,23 @@ def build_mistral(folder: Path) -> Path:
     return folder
 
 
+def build_granite(folder: Path) -> Path:
+    """A tiny GraniteForCausalLM: the llama layout with embedding, attention, residual and logit
+    multipliers far from 1, so a misplaced one shows."""
+    import torch
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    cfg = GraniteConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, embedding_multiplier=6.0,
+                        attention_multiplier=0.03, residual_multiplier=0.22, logits_scaling=4.0)
+    _save(GraniteForCausalLM(cfg), folder, torch.float32)
+    _write_tokenizer_config(folder)
+    return folder
+
+
 def build_llama_hf(folder: Path) -> Path:
     """The tiny Llama with its SentencePiece model turned into a byte-fallback BPE tokenizer.json only."""
     from transformers import LlamaTokenizer

@@ -46,6 +46,8 @@ class DecoderConfig:
     embd_scale: float = 1.0  # embeddings multiplied by this (gemma3: sqrt(n_embd))
     attn_scale: float = 0.0  # query scale; 0 means 1/sqrt(head_dim)
     final_softcap: float = 0.0  # logits -> c * tanh(logits / c) when > 0
+    residual_scale: float = 1.0  # attention and FFN outputs multiplied by this before each residual add (granite)
+    logit_scale: float = 1.0  # logits divided by this (granite)
     # sliding-window attention: the window (0: none), which layers use it, their RoPE base
     n_swa: int = 0
     swa_layers: tuple[bool, ...] = field(default=())
@@ -163,7 +165,17 @@ def gemma3(f: GGUFFile) -> DecoderConfig:
     )
 
 
-BUILDERS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma3": gemma3}
+def granite(f: GGUFFile) -> DecoderConfig:
+    """IBM Granite 3.x: the llama graph with four multipliers (llama.cpp's granite.cpp): embeddings,
+    query scale, each residual branch, and the logits (divided)."""
+    optional = lambda name: float(f.get(_key(f, name), 0.0) or 0.0)  # noqa: E731 (0: not set)
+    c = base_config(f, rope_neox=False)
+    return replace(c, embd_scale=optional("embedding_scale") or 1.0, attn_scale=optional("attention.scale"),
+                   residual_scale=optional("residual_scale") or 1.0,
+                   logit_scale=positive_float(f, _key(f, "logit_scale")))
+
+
+BUILDERS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma3": gemma3, "granite": granite}
 
 
 def decoder_config(f: GGUFFile) -> DecoderConfig:

@@ -2,8 +2,9 @@
 
     embed (x embd_scale) -> per layer: RMSNorm -> QKV (+ bias) -> [QK-norm] -> RoPE -> attention over
     the KV cache (GQA; a sliding window on local layers) -> O [-> post-norm] -> residual -> RMSNorm ->
-    gate|up -> act(gate) * up -> down [-> post-norm] -> residual; final RMSNorm -> output matrix
-    (tied to the embeddings when the file has no output.weight) [+ bias] [-> soft-cap]
+    gate|up -> act(gate) * up -> down [-> post-norm] -> residual (each branch x residual_scale); final
+    RMSNorm -> output matrix (tied to the embeddings when the file has no output.weight) [+ bias]
+    [/ logit_scale] [-> soft-cap]
 
 The residual stream is float32 as in ggml (on GPUs in bf16/f16 it stays in the compute dtype unless
 the model has post-norms: a decode step there is bound by kernel count, and each RMSNorm is then one
@@ -150,7 +151,7 @@ class Decoder:
         """Run the batch; return logits [n_out, n_vocab] (or normed hidden states [n_out, n_embd] when
         `hidden`) for the flattened token indices in out_index (None: all)."""
         c, dt = self.config, self.dtype
-        eps = c.rms_eps
+        eps, rs = c.rms_eps, c.residual_scale
         x = self.embed(step.tokens)
         last = len(self.layers) - 1
         for il, (L, inp) in enumerate(zip(self.layers, self.layer_inputs(step))):
@@ -159,9 +160,10 @@ class Decoder:
             a = self.attention(L, il, rms_norm(x, attn_norm, eps).to(dt), cache, step, inp, keep)
             if keep is not None:
                 x = keep_rows(x, keep)
-            x += a if L.post_attn_norm is None else rms_norm(a.float(), L.post_attn_norm, eps)
+            # (x.add_(.., alpha=rs): the scaled branch in x's float32, granite's residual_scale)
+            x.add_(a if L.post_attn_norm is None else rms_norm(a.float(), L.post_attn_norm, eps), alpha=rs)
             h = self.ffn(L, rms_norm(x, ffn_norm, eps).to(dt))
-            x += h if L.post_ffn_norm is None else rms_norm(h.float(), L.post_ffn_norm, eps)
+            x.add_(h if L.post_ffn_norm is None else rms_norm(h.float(), L.post_ffn_norm, eps), alpha=rs)
         return self.head(x, hidden)  # (the last layer kept the out_index rows)
 
     def layer_inputs(self, step: Step) -> list[LayerInput]:
@@ -224,6 +226,8 @@ class Decoder:
                 logits = logits.to(torch.float32, copy=True)
         if self.output_bias is not None:
             logits.add_(self.output_bias)
+        if self.config.logit_scale != 1.0:
+            logits.div_(self.config.logit_scale)
         if self.config.final_softcap:  # in place: perplexity's rows are ~1 GB, each temporary a fresh mapping
             cap = self.config.final_softcap
             logits.div_(cap).tanh_().mul_(cap)

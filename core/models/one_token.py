@@ -89,7 +89,7 @@ class OneTokenDecode:
         """step: one token of one sequence that sees all its cells (see `applies`)."""
         c, m = self.c, self.model
         pos, row, S = step.write_start, step.rows_contiguous[0], step.n_visible
-        H, HKV, hd, n_ff, eps = c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.rms_eps
+        H, HKV, hd, n_ff, eps, rs = c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.rms_eps, c.residual_scale
         x = m.tok_embd[step.tokens].float().view(-1)  # [D], the float32 residual stream
         if c.embd_scale != 1.0:
             x = x * c.embd_scale
@@ -118,8 +118,8 @@ class OneTokenDecode:
             a = self._attention(qk[:H].to(torch.bfloat16), k4.narrow(2, first, S - first),
                                 v4.narrow(2, first, S - first), windowed=local and c.any_swa)
             a = wo(a.reshape(1, H * hd))
-            x_row += a if L.post_attn_norm is None else rms_norm(a.float(), L.post_attn_norm, eps)
+            x_row.add_(a if L.post_attn_norm is None else rms_norm(a.float(), L.post_attn_norm, eps), alpha=rs)
             g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)
             f = down(act(g).mul_(u))
-            x_row += f if L.post_ffn_norm is None else rms_norm(f.float(), L.post_ffn_norm, eps)
+            x_row.add_(f if L.post_ffn_norm is None else rms_norm(f.float(), L.post_ffn_norm, eps), alpha=rs)
         return m.head(x_row, hidden)

@@ -28,6 +28,7 @@ def unsupported(model) -> str | None:
     features = {"QKV bias": c.qkv_bias, "output bias": c.output_bias, "QK-norm": c.qk_norm,
                 "post-norms": c.post_norms, f"{c.activation} gate": c.activation != "silu",
                 "embedding scale": c.embd_scale != 1.0, "logit soft-cap": bool(c.final_softcap),
+                "residual scale": c.residual_scale != 1.0, "logit scale": c.logit_scale != 1.0,
                 "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim}
     missing = [name for name, present in features.items() if present]
     if missing:
