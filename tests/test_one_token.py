@@ -69,3 +69,13 @@ def test_one_token_path_only_where_it_applies(q4_path):
     assert not engine.one_token.applies(step)
     step, _ = engine._layout(Batch([1], [0], [1], [True]))
     assert engine.one_token.applies(step)
+
+
+def test_verbose_names_the_chosen_paths(q4_path):
+    from conftest import run_cli
+
+    proc = run_cli("cli", "-m", str(q4_path), "-no-cnv", "-p", "ab", "-n", "2", "--temp", "0", "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert "paths: decode: eager forward; one sequence: cpu one-token" in proc.stderr
+    proc = run_cli("cli", "-m", str(q4_path), "-no-cnv", "-p", "ab", "-n", "2", "--temp", "0", "-v", "--dtype", "f32")
+    assert "paths: decode: eager forward (cpu one-token: CPU bf16 only)" in proc.stderr
