@@ -133,6 +133,9 @@ class TextArch:
         """Tensors computed from the config rather than read from the checkpoint (written first)."""
         return []
 
+    def tensor_params(self, w: gguf.GGUFWriter) -> None:
+        """Keys the reference writes while it prepares the tensors, before any other metadata."""
+
     # -- metadata ----------------------------------------------------------------------------
     def set_params(self, w: gguf.GGUFWriter, ftype: gguf.LlamaFileType) -> None:
         write_text_params(w, self.hparams, self.rope, self.block_count, ftype)
@@ -261,6 +264,87 @@ class Granite(Llama):
             w.add_residual_scale(v)
         if v := hp.get("logits_scaling"):
             w.add_logit_scale(v)
+
+
+@register("Phi3ForCausalLM")
+class Phi3(TextArch):
+    """Phi-3/3.5/4 (the reference's Phi3MiniModel): fused qkv_proj and gate_up_proj stay fused (attn_qkv,
+    ffn_up), its own key order, LongRoPE factor tensors, SentencePiece or (Phi-4) GPT-2 vocabularies."""
+
+    gguf_arch = gguf.MODEL_ARCH.PHI3
+
+    def _rope_dims(self) -> int:
+        hp = self.hparams
+        n_embd, n_head = find(hp, ["hidden_size", "n_embd"]), find(hp, ["num_attention_heads", "n_head"])
+        return int(self.rope.get("partial_rotary_factor", 1.0) * n_embd) // n_head
+
+    def set_params(self, w, ftype):
+        hp, rp = self.hparams, self.rope
+        w.add_context_length(find(hp, ["n_positions", "max_position_embeddings"]))
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+        w.add_embedding_length(find(hp, ["hidden_size", "n_embd"]))
+        w.add_feed_forward_length(find(hp, ["intermediate_size"]))
+        w.add_block_count(self.block_count)
+        w.add_head_count(find(hp, ["num_attention_heads", "n_head"]))
+        w.add_head_count_kv(find(hp, ["num_key_value_heads", "n_head_kv"]))
+        w.add_layer_norm_rms_eps(find(hp, ["rms_norm_eps"]))
+        w.add_rope_dimension_count(self._rope_dims())
+        w.add_rope_freq_base(rp.get("full_attention", rp)["rope_theta"])
+        w.add_file_type(ftype)
+        w.add_sliding_window(hp.get("sliding_window") or 0)  # (0 tells Phi-4 apart, as the reference says)
+
+    def _long_rope(self) -> tuple[list, list, float] | None:
+        """(long factors, short factors, attention factor) of a LongRoPE config, else None."""
+        rp = self.rope
+        long, short = rp.get("long_factor"), rp.get("short_factor")
+        if not long:
+            return None
+        kind = str(rp.get("rope_type", "")).lower()
+        scale = find(self.hparams, ["n_positions", "max_position_embeddings"]) / rp["original_max_position_embeddings"]
+        if kind in ("su", "longrope"):
+            attn = math.sqrt(1 + math.log(scale) / math.log(rp["original_max_position_embeddings"])) if scale > 1 else 1.0
+        elif kind == "yarn":
+            attn = 0.1 * math.log(scale) + 1.0 if scale > 1 else 1.0
+        else:
+            raise LlamatorchError(f"phi3: RoPE scaling type {kind!r} is not supported")
+        if short is None or len(long) != len(short) or len(long) != self._rope_dims() / 2:
+            raise LlamatorchError(f"phi3: rope long and short factors must both have {self._rope_dims() // 2} entries")
+        return long, short, attn
+
+    def tensor_params(self, w):
+        if (lr := self._long_rope()) is not None:
+            w.add_rope_scaling_attn_factors(lr[2])
+
+    def extra_tensors(self):
+        if (lr := self._long_rope()) is None:
+            return []
+        import torch
+
+        as_f32 = lambda v: tuple(float(x) for x in torch.tensor(v, dtype=torch.float32))  # noqa: E731
+        return [GeneratedTensor("rope_factors_long.weight", as_f32(lr[0])),
+                GeneratedTensor("rope_factors_short.weight", as_f32(lr[1]))]
+
+    def expected_shapes(self):
+        hp = self.hparams
+        n_embd, n_head = hp["hidden_size"], hp["num_attention_heads"]
+        n_kv, n_ff, hd = hp.get("num_key_value_heads") or n_head, hp["intermediate_size"], n_embd // n_head
+        return {"token_embd.weight": (hp.get("vocab_size"), n_embd), "output_norm.weight": (n_embd,),
+                "attn_qkv.weight": ((n_head + 2 * n_kv) * hd, n_embd), "attn_output.weight": (n_embd, n_embd),
+                "ffn_up.weight": (2 * n_ff, n_embd), "ffn_down.weight": (n_embd, n_ff)}
+
+    def required_tensors(self):
+        per_block = ["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"]
+        return ["token_embd.weight", "output_norm.weight"] + [
+            f"blk.{b}.{n}.weight" for b in range(self.block_count) for n in per_block]
+
+    def set_vocab(self, w):
+        cfg_file = self.model_dir / "tokenizer_config.json"
+        if cfg_file.is_file() and json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class") == "GPT2Tokenizer":
+            vocab.write_gpt2(w, self.model_dir, self.hparams)  # Phi-4
+            return
+        if not (self.model_dir / "tokenizer.model").is_file():
+            raise LlamatorchError(f"{self.model_dir / 'tokenizer.model'} is missing (phi3 needs its SentencePiece model)")
+        vocab.write_sentencepiece(w, self.model_dir, self.hparams.get("vocab_size"), phi3=True)
 
 
 def _is_llama_hf_bpe(tj: dict) -> bool:

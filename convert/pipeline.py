@@ -94,6 +94,7 @@ def _convert(model_dir, outfile, outtype, vocab_only, dry_run, model_name, progr
         plan = make_plan(arch, refs, ftype)
         for p in plan:
             w.add_tensor_info(p.name, p.shape, _np_dtype(), p.nbytes, raw_dtype=p.qtype)
+        arch.tensor_params(w)
 
     spool = None
     if early is not None:

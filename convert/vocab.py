@@ -135,8 +135,12 @@ def write_llama_hf(w, model_dir: Path) -> None:
     SpecialTokens(model_dir, n_vocab=len(tokens)).write(w)
 
 
-def sentencepiece_vocab(model_dir: Path, vocab_size: int | None) -> tuple[list[bytes], list[float], list[int]]:
-    """Tokens, scores and types of tokenizer.model, with added tokens from the JSON files on top."""
+def sentencepiece_vocab(model_dir: Path, vocab_size: int | None,
+                        phi3: bool = False) -> tuple[list[bytes], list[float], list[int]]:
+    """Tokens, scores and types of tokenizer.model, with added tokens from the JSON files on top.
+
+    `phi3`: the reference's Phi3MiniModel.set_vocab rule for added tokens (user-defined unless marked
+    special, kept as written, and tokenizer.json's added tokens applied the same way last)."""
     from sentencepiece import SentencePieceProcessor
 
     path = model_dir / "tokenizer.model"
@@ -172,17 +176,27 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None) -> tuple[list[b
             tid, t = int(sid), data["content"]
             if tid >= n:
                 continue
+            if phi3:
+                scores[tid], tokens[tid] = -1000.0, t.encode("utf-8")
+                types[tid] = CONTROL if data.get("special") else USER_DEFINED
+                continue
             if data.get("special") or looks_special(t):
                 types[tid] = CONTROL
             else:
                 t = t.replace("\u2581", " ")
                 types[tid] = USER_DEFINED
             scores[tid], tokens[tid] = -1000.0, t.encode("utf-8")
+    tj_file = model_dir / "tokenizer.json"
+    if phi3 and tj_file.is_file():
+        for data in json.loads(tj_file.read_text(encoding="utf-8")).get("added_tokens", []):
+            tid = int(data["id"])
+            tokens[tid], scores[tid] = data["content"].encode("utf-8"), -1000.0
+            types[tid] = CONTROL if data.get("special") else USER_DEFINED
     return tokens, scores, types
 
 
-def write_sentencepiece(w, model_dir: Path, vocab_size: int | None) -> None:
-    tokens, scores, types = sentencepiece_vocab(model_dir, vocab_size)
+def write_sentencepiece(w, model_dir: Path, vocab_size: int | None, phi3: bool = False) -> None:
+    tokens, scores, types = sentencepiece_vocab(model_dir, vocab_size, phi3)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)

@@ -110,9 +110,11 @@ def _column_step(n: int, k: int) -> int:
 class Linear:
     """y = x @ W.T for one weight matrix, or several fused along the output dimension."""
 
-    def __init__(self, refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int4: bool = True):
+    def __init__(self, refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int4: bool = True,
+                 splits: list[int] | None = None):
+        """`splits`: the output parts (default: one per ref), for files that store a fused matrix as one tensor."""
         self.out_features = sum(r.info.shape[0] for r in refs)
-        self.splits = [r.info.shape[0] for r in refs]
+        self.splits = splits or [r.info.shape[0] for r in refs]
         self.packed = self.gemv = self.prefill = self.dense = None
         self.quant = decode_matrix(refs, dtype, device)
         if self.quant is None and int4 and dtype == torch.bfloat16 and int4_packable(refs):

@@ -10,11 +10,13 @@ import pytest
 
 from conftest import ref_path, run_cli
 from test_convert_support import (build_gemma3, build_granite, build_llama3_rope, build_llama_hf, build_llama_spm,
-                                  build_mistral, build_qwen, build_smollm2, gguf_differences, run_oracles)
+                                  build_mistral, build_phi3, build_phi3_long, build_qwen, build_smollm2,
+                                  gguf_differences, run_oracles)
 
 OUTTYPES = ["f16", "bf16", "f32", "q8_0"]
 MODELS = ["smollm2", "llama_spm", "llama_hf", "qwen2", "qwen3", "gemma3"]
-MORE = {"llama3_rope": ["f32", "q8_0"], "mistral": ["f16", "q8_0"], "granite": ["f32", "bf16"]}  # fewer output types for these
+MORE = {"llama3_rope": ["f32", "q8_0"], "mistral": ["f16", "q8_0"], "granite": ["f32", "bf16"],
+        "phi3": ["f32", "q8_0"], "phi3_long": ["f16"]}  # fewer output types for these
 
 
 def assert_same_file(ours: Path, ref: Path) -> None:
@@ -38,6 +40,8 @@ def oracle(tmp_path_factory):
         "llama3_rope": build_llama3_rope(root / "llama3_rope"),
         "mistral": build_mistral(root / "mistral"),
         "granite": build_granite(root / "granite"),
+        "phi3": build_phi3(root / "phi3"),
+        "phi3_long": build_phi3_long(root / "phi3_long"),
         "sharded": build_smollm2(root / "SmolLM2-sharded", cfg, layers=1, shard="20MB"),
     }
     refs = root / "ref"

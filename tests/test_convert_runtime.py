@@ -45,3 +45,21 @@ def test_llama_family_checkpoints_match_transformers(build, tmp_path):
     toks = random_tokens(120, seed=3)  # positions well past the original context of 64
     ours = Engine(out, n_ctx=128, dtype="f32", threads=1).decode(Batch.sequence(toks, all_logits=True))
     assert (ours - hf_logits(model.float(), toks)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("build,n_ctx,n_tok", [("phi3", 64, 60), ("phi3_long", 64, 40), ("phi3_long", 256, 120)])
+def test_phi3_matches_transformers(build, n_ctx, n_tok, tmp_path):
+    """Phi-3's fused attn_qkv / [gate; up] tensors and NeoX RoPE; LongRoPE: the short factors while the
+    context stays within the original 64 positions, the long ones beyond (llama.cpp picks by context,
+    transformers by sequence length: both agree on these), cos/sin times the attention factor."""
+    import test_convert_support as support
+    from transformers import AutoModelForCausalLM
+
+    ckpt = getattr(support, f"build_{build}")(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    out = tmp_path / "m.gguf"
+    proc = run_cli("convert-hf-to-gguf", str(ckpt), "--outfile", str(out), "--outtype", "f32")
+    assert proc.returncode == 0, proc.stderr
+    toks = random_tokens(n_tok, seed=4)
+    ours = Engine(out, n_ctx=n_ctx, dtype="f32", threads=1).decode(Batch.sequence(toks, all_logits=True))
+    assert (ours - hf_logits(model, toks)).abs().max().item() <= TOL

@@ -90,13 +90,13 @@ def gguf_differences(ours: Path, ref: Path, ignore: set[str] = NAMING_KEYS) -> l
 
 
 # -- random-weight checkpoints ------------------------------------------------------------------------
-def _save(model, folder: Path, dtype, shard: str | None = None) -> None:
+def _save(model, folder: Path, dtype, shard: str | None = None, spread: float = 0.5) -> None:
     import torch
 
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.5)  # wide spread: many values hit f16/bf16/q8_0 rounding cases
+            p.normal_(0.0, spread)  # wide spread: many values hit f16/bf16/q8_0 rounding cases
     model = model.to(dtype)
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(folder, **kwargs)
@@ -208,6 +208,34 @@ def build_granite(folder: Path) -> Path:
     _save(GraniteForCausalLM(cfg), folder, torch.float32)
     _write_tokenizer_config(folder)
     return folder
+
+
+def build_phi3(folder: Path, long_rope: bool = False, width: int = 64, spread: float = 0.5) -> Path:
+    """A tiny Phi3ForCausalLM (fused qkv_proj and gate_up_proj, NeoX RoPE, a SentencePiece tokenizer.model);
+    with `long_rope`, LongRoPE factors for a context 4x its original one of 64."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _train_spm(folder, 400)
+    extra = {}
+    if long_rope:
+        g = torch.Generator().manual_seed(7)
+        short = (1.0 + torch.rand(8, generator=g)).tolist()
+        long = (1.0 + 4 * torch.rand(8, generator=g)).tolist()
+        extra = dict(rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=short,
+                                          long_factor=long), max_position_embeddings=256)
+    cfg = Phi3Config(vocab_size=416, hidden_size=width, intermediate_size=96 if width == 64 else 2 * width, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=64,
+                     **({"max_position_embeddings": 64} | extra), tie_word_embeddings=False, bos_token_id=2,
+                     eos_token_id=1, pad_token_id=0)
+    _save(Phi3ForCausalLM(cfg), folder, torch.float32, spread=spread)
+    _write_tokenizer_config(folder, tokenizer_class="LlamaTokenizer")  # (the reference requires the key)
+    return folder
+
+
+def build_phi3_long(folder: Path) -> Path:
+    return build_phi3(folder, long_rope=True)
 
 
 def build_llama_hf(folder: Path) -> Path:

@@ -17,7 +17,7 @@ def q4_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["llama-q4_0", "qwen2-q8_0", "qwen3-q4_0", "gemma3-q8_0", "gemma3-q4_0",
-                                        "granite-q4_0"])
+                                        "granite-q4_0", "phi3-q4_0"])
 def any_arch(request, tmp_path_factory, q4_path):
     """A tiny model of each architecture in a format whose matrices get one-row kernels (int4 packs for
     Q4_0, int8 copies for Q8_0); Gemma 3's 8 layers mix local (window 8) and global ones."""
@@ -25,11 +25,12 @@ def any_arch(request, tmp_path_factory, q4_path):
     if arch == "llama":
         return q4_path
     d = tmp_path_factory.mktemp(request.param)
-    if arch == "granite":  # (its multipliers: embeddings, queries, residual branches, logits)
+    if arch in ("granite", "phi3"):  # granite's multipliers; phi3's fused tensors and NeoX RoPE
+        import test_convert_support
         from llamatorch.convert.pipeline import convert
-        from test_convert_support import build_granite
 
-        f32 = convert(build_granite(d / "hf"), d / "f32.gguf", "f32", progress=False).path
+        build = getattr(test_convert_support, f"build_{arch}")
+        f32 = convert(build(d / "hf"), d / "f32.gguf", "f32", progress=False).path
         return requantize_gguf(f32, d / f"{qtype}.gguf", qtype.upper(), "Q8_0")
     f32 = write_gguf(hf_model(tiny_config(arch, hidden_size=128, intermediate_size=256)), d / "f32.gguf")
     return requantize_gguf(f32, d / f"{qtype}.gguf", qtype.upper(), "Q8_0")

@@ -176,13 +176,21 @@ def test_rope_attention(kernels, neox):
         _close(out.cpu().view(B, H, hd)[b], ref, 1e-2)
 
 
-@pytest.fixture(scope="module")
-def tiny_q4(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "phi3"])
+def tiny_q4(request, tmp_path_factory):
+    """A llama (normal RoPE) and a phi3 (NeoX RoPE, fused attn_qkv and [gate; up] tensors) in K-quants."""
     from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
 
+    d = tmp_path_factory.mktemp("k")
+    if request.param == "phi3":
+        from llamatorch.convert.pipeline import convert
+        from test_convert_support import build_phi3
+
+        hf = build_phi3(d / "hf", width=256, spread=0.05)  # (weights on a trained model's scale)
+        f32 = convert(hf, d / "f32.gguf", "f32", progress=False).path
+        return requantize_gguf(f32, d / "q4_k.gguf", "Q4_K", "Q6_K")
     model = hf_llama(tiny_llama_config(hidden_size=256, intermediate_size=512, num_attention_heads=4,
                                        num_key_value_heads=2))  # K-quants need rows of 256
-    d = tmp_path_factory.mktemp("k")
     return requantize_gguf(write_llama_gguf(model, d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
 
 

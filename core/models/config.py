@@ -37,6 +37,14 @@ class DecoderConfig:
     rope_base: float
     rope_scale: float = 1.0  # positions are multiplied by this (linear scaling: 1 / factor)
     rope_freq_factors: tuple[float, ...] = ()  # per rotated pair, frequencies divided by these (Llama 3.1+)
+    # LongRoPE (phi3): factors for contexts up to the original one and beyond it, and cos/sin's factor
+    rope_factors_short: tuple[float, ...] = ()
+    rope_factors_long: tuple[float, ...] = ()
+    rope_orig_ctx: int = 0
+    rope_attn_factor: float = 1.0
+    # how the file stores the fused matrices: one attn_qkv tensor, one ffn_up of [gate; up] (phi3)
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
     # optional tensors and graph choices
     qkv_bias: bool = False  # attn_q/k/v.bias (qwen2)
     output_bias: bool = False  # output.bias
@@ -56,6 +64,13 @@ class DecoderConfig:
     @property
     def query_scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
+
+    def freq_factors_for(self, n_ctx: int) -> tuple[float, ...]:
+        """The RoPE frequency divisors for a context of n_ctx (llama.cpp's get_rope_factors: LongRoPE's long
+        factors once the context exceeds the original one)."""
+        if self.rope_factors_long:
+            return self.rope_factors_long if n_ctx > self.rope_orig_ctx else self.rope_factors_short
+        return self.rope_freq_factors
 
     @property
     def any_swa(self) -> bool:
@@ -100,19 +115,19 @@ def base_config(f: GGUFFile, rope_neox: bool) -> DecoderConfig:
     )
 
 
-def _freq_factors(f: GGUFFile, n_rot: int) -> tuple[float, ...]:
-    """The rope_freqs tensor (llama.cpp applies it to every layer), checked against the rotated pairs."""
-    if "rope_freqs.weight" not in f.tensors:
+def _freq_factors(f: GGUFFile, n_rot: int, name: str = "rope_freqs.weight") -> tuple[float, ...]:
+    """A RoPE factor tensor (llama.cpp applies it to every layer), checked against the rotated pairs."""
+    if name not in f.tensors:
         return ()
     from ..weights import TensorRef
 
-    info = f.tensors["rope_freqs.weight"]
+    info = f.tensors[name]
     if tuple(info.shape) != (n_rot // 2,):
-        raise GGUFError(f"{f.path.name}: tensor rope_freqs.weight has shape {list(info.shape)}, the architecture "
+        raise GGUFError(f"{f.path.name}: tensor {name} has shape {list(info.shape)}, the architecture "
                         f"expects [{n_rot // 2}]")
-    values = TensorRef(f, "rope_freqs.weight").dequantize().tolist()
+    values = TensorRef(f, name).dequantize().tolist()
     if not all(v > 0 for v in values):
-        raise GGUFError(f"{f.path.name}: rope_freqs.weight has a factor that is not positive")
+        raise GGUFError(f"{f.path.name}: {name} has a factor that is not positive")
     return tuple(values)
 
 
@@ -175,7 +190,21 @@ def granite(f: GGUFFile) -> DecoderConfig:
                    logit_scale=positive_float(f, _key(f, "logit_scale")))
 
 
-BUILDERS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma3": gemma3, "granite": granite}
+def phi3(f: GGUFFile) -> DecoderConfig:
+    """Phi-3/3.5/4 (llama.cpp's phi3.cpp): NeoX RoPE (possibly partial), fused attn_qkv and [gate; up]
+    tensors, LongRoPE factors with an attention factor on cos/sin; its sliding window is ignored, as
+    llama.cpp does."""
+    c = base_config(f, rope_neox=True)
+    long, short = _freq_factors(f, c.n_rot, "rope_factors_long.weight"), _freq_factors(f, c.n_rot, "rope_factors_short.weight")
+    if bool(long) != bool(short):
+        raise GGUFError(f"{f.path.name}: LongRoPE needs both rope_factors_long and rope_factors_short")
+    orig = positive_int(f, _key(f, "rope.scaling.original_context_length"), c.n_ctx_train)
+    return replace(c, fused_qkv="blk.0.attn_qkv.weight" in f.tensors, fused_gate_up="blk.0.ffn_gate.weight" not in f.tensors,
+                   rope_factors_long=long, rope_factors_short=short, rope_orig_ctx=orig,
+                   rope_attn_factor=positive_float(f, _key(f, "rope.scaling.attn_factor"), 1.0))
+
+
+BUILDERS = {"llama": llama, "phi3": phi3, "qwen2": qwen2, "qwen3": qwen3, "gemma3": gemma3, "granite": granite}
 
 
 def decoder_config(f: GGUFFile) -> DecoderConfig:

@@ -61,11 +61,18 @@ class DecoderLayer:
         mat = lambda n, rows, cols: check_shape(f, pre + n, (rows, cols))  # noqa: E731
         self.attn_norm = vec("attn_norm.weight", c.n_embd)
         self.ffn_norm = vec("ffn_norm.weight", c.n_embd)
-        self.qkv = place_matrix([mat("attn_q.weight", qd, c.n_embd), mat("attn_k.weight", kvd, c.n_embd),
-                                 mat("attn_v.weight", kvd, c.n_embd)], dtype, device)
+        if c.fused_qkv:  # one attn_qkv tensor (phi3): [Q; K; V] rows, as our fused matrix
+            self.qkv = place_matrix([mat("attn_qkv.weight", qd + 2 * kvd, c.n_embd)], dtype, device, splits=[qd, kvd, kvd])
+        else:
+            self.qkv = place_matrix([mat("attn_q.weight", qd, c.n_embd), mat("attn_k.weight", kvd, c.n_embd),
+                                     mat("attn_v.weight", kvd, c.n_embd)], dtype, device)
         self.wo = place_matrix([mat("attn_output.weight", c.n_embd, qd)], dtype, device)
-        self.gate_up = place_matrix([mat("ffn_gate.weight", c.n_ff, c.n_embd), mat("ffn_up.weight", c.n_ff, c.n_embd)],
-                                    dtype, device)
+        if c.fused_gate_up:  # one ffn_up tensor of [gate; up] rows (phi3)
+            self.gate_up = place_matrix([mat("ffn_up.weight", 2 * c.n_ff, c.n_embd)], dtype, device,
+                                        splits=[c.n_ff, c.n_ff])
+        else:
+            self.gate_up = place_matrix([mat("ffn_gate.weight", c.n_ff, c.n_embd), mat("ffn_up.weight", c.n_ff, c.n_embd)],
+                                        dtype, device)
         self.down = place_matrix([mat("ffn_down.weight", c.n_embd, c.n_ff)], dtype, device)
         self.qkv_bias = None
         if c.qkv_bias:  # one fused add; an absent bias is zeros
@@ -95,10 +102,14 @@ class LayerInput(NamedTuple):
 class RopeTable:
     """cos/sin (and, for normal mode, their complex form) for positions 0..n_ctx."""
 
-    def __init__(self, n_pos: int, c: DecoderConfig, base: float, scale: float, device, freq_factors=()):
+    def __init__(self, n_pos: int, c: DecoderConfig, base: float, scale: float, device, freq_factors=(),
+                 mscale: float = 1.0):
+        """mscale: cos and sin multiplied by it (LongRoPE's attention factor, as ggml's rope does)."""
         self.neox = c.rope_neox
         factors = torch.tensor(freq_factors, dtype=torch.float32) if freq_factors else None
         self.cos, self.sin = rope_tables(n_pos, c.n_rot, base, device, scale, factors)
+        if mscale != 1.0:
+            self.cos, self.sin = self.cos * mscale, self.sin * mscale
         self.cis = None if self.neox else torch.complex(self.cos, self.sin)
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -134,7 +145,8 @@ class Decoder:
     def prepare(self, n_ctx: int) -> None:
         """Position tables for a context of n_ctx (+1 trash cell); the residual stream's dtype."""
         c = self.config
-        self.rope = RopeTable(n_ctx + 1, c, c.rope_base, c.rope_scale, self.device, c.rope_freq_factors)
+        self.rope = RopeTable(n_ctx + 1, c, c.rope_base, c.rope_scale, self.device, c.freq_factors_for(n_ctx),
+                              c.rope_attn_factor)
         # local layers: their own base, no scaling
         self.rope_swa = RopeTable(n_ctx + 1, c, c.rope_base_swa, 1.0, self.device) if c.any_swa else None
         gpu = self.device.type == "cuda"

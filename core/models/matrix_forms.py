@@ -81,11 +81,12 @@ def int8_wanted(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.bfloat16 and device.type == "cpu"
 
 
-def place_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int8: bool = True):
+def place_matrix(refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int8: bool = True,
+                 splits: list[int] | None = None):
     """A layer's (fused) matrix in the form its decoding wants: a Linear (int4 packs, the Triton form or
     dense), or on the bf16 CPU path an Int8Linear where the format has no int4 packing (Q5_0, Q6_K,
     Q8_0, F16, ...).  Every architecture's matrices go through here."""
-    lin = Linear(refs, dtype, device)
+    lin = Linear(refs, dtype, device, splits=splits)
     return for_decode(lin) if int8 else lin
 
 
@@ -227,7 +228,8 @@ def output_matrix(lin: Linear | None, emb: torch.Tensor, dtype: torch.dtype, dev
     On the bf16 CPU path a dense matrix decodes through compact scores rescored exactly at the head:
     int4 where the native kernel runs (half the bytes of int8: decoding streams the matrix from memory
     every step), or for vocabularies of at least LARGE_VOCAB (most of a step's bytes), else int8.  An int4-packed output.weight stays a Linear (its bf16 logits are approximate)."""
-    if not int8_wanted(dtype, device) or (lin is None and quant is not None):
+    has_triton_form = quant is not None if lin is None else lin.quant is not None
+    if not int8_wanted(dtype, device) or has_triton_form:
         return DenseOutput(emb, quant) if lin is None else lin
     weight = emb if lin is None else lin.dense
     if weight is None:
