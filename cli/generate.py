@@ -45,6 +45,10 @@ def command(
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="chat: a built-in template name (chatml, llama3, gemma, ...) or inline Jinja")] = None,
     chat_template_file: Annotated[Optional[str], typer.Option("--chat-template-file", help="chat: Jinja template file")] = None,
     jinja: Annotated[bool, typer.Option("--jinja/--no-jinja", help="chat: render Jinja templates (--no-jinja: only llama.cpp's built-ins)")] = True,
+    grammar: Annotated[Optional[str], typer.Option("--grammar", help="constrain the output to a GBNF grammar")] = None,
+    grammar_file: Annotated[Optional[str], typer.Option("--grammar-file", help="GBNF grammar file")] = None,
+    json_schema: Annotated[Optional[str], typer.Option("-j", "--json-schema", help="constrain the output to JSON matching a schema ('{}': any JSON object)")] = None,
+    json_schema_file: Annotated[Optional[str], typer.Option("-jf", "--json-schema-file", help="JSON schema file")] = None,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
@@ -70,6 +74,9 @@ def command(
     from llamatorch.core.sampling import Sampler, SamplerParams
 
     t_start = time.perf_counter()
+    from llamatorch.core.grammar import Constraint, grammar_from_options
+
+    compiled = grammar_from_options(grammar, grammar_file, json_schema, json_schema_file)  # (fails before loading)
     path = resolve_model(model)
     tmpl = None
     if not no_conversation:
@@ -91,7 +98,8 @@ def command(
     params = SamplerParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
-    sampler = Sampler(params, engine.n_vocab)
+    constraint = None if compiled is None else Constraint(compiled, tok, engine.n_vocab)
+    sampler = Sampler(params, engine.n_vocab, constraint)
     if tmpl is not None:
         from .chat import chat_main
 

@@ -48,6 +48,8 @@ def generate(engine: Engine, prompt_ids: list[int], n_predict: int, sampler: Sam
     tok = engine.tokenizer
     for t in prompt_ids:
         sampler.accept(t)
+    if sampler.constraint is not None:
+        sampler.constraint.reset()  # each reply starts the grammar afresh
     t0 = time.perf_counter()
     logits = prefill(engine, prompt_ids, n_batch, seq, start)
     stats.prompt_tokens += len(prompt_ids)

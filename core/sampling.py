@@ -32,9 +32,11 @@ class SamplerParams:
 class Sampler:
     """Stateful sampler for one sequence: remembers recent tokens for the penalties."""
 
-    def __init__(self, params: SamplerParams, n_vocab: int):
+    def __init__(self, params: SamplerParams, n_vocab: int, constraint=None):
+        """constraint: a grammar.Constraint whose mask applies before the chain (None: unconstrained)."""
         self.p = params
         self.n_vocab = n_vocab
+        self.constraint = constraint
         self.generator = torch.Generator()
         seed = params.seed
         if seed is None or seed < 0:
@@ -62,10 +64,18 @@ class Sampler:
         return logits
 
     def sample(self, logits: torch.Tensor) -> int:
-        """logits: [n_vocab] float32 (any device). Returns the drawn token id.
+        """logits: [n_vocab] float32 (any device), left as they are. Returns the drawn token id (and
+        advances the grammar, when there is one, by it)."""
+        if self.constraint is None:
+            return self._draw(logits)
+        token = self._draw(self.constraint.mask_(logits.float().clone()))
+        self.constraint.consume(token)
+        return token
 
-        The vocabulary-wide stages (penalties, greedy argmax, top-k) run where the logits are; only
-        the k candidates come to the host (on a GPU, 40 values instead of the whole vocabulary)."""
+    def _draw(self, logits: torch.Tensor) -> int:
+        """The chain on logits.  The vocabulary-wide stages (penalties, greedy argmax, top-k) run where the
+        logits are; only the k candidates come to the host (on a GPU, 40 values instead of the whole
+        vocabulary)."""
         p = self.p
         logits = self._penalize(logits.float())
         if p.temp <= 0:

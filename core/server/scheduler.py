@@ -28,6 +28,7 @@ import torch
 from ..chat_session import _common_prefix as common_prefix
 from ..engine import Batch, Engine
 from ..errors import LlamatorchError
+from ..grammar import Constraint
 from ..sampling import Sampler, SamplerParams
 from ..tokenizer import StreamDecoder
 from ..weights import INT4_MAX_ROWS
@@ -71,6 +72,7 @@ class Job:
     cache_prompt: bool = True
     n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's ignore_eos)
+    grammar: str | None = None  # a compiled llguidance grammar the output must follow (grammar.py)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -273,7 +275,8 @@ class Scheduler:
         self.engine.cache.truncate(slot.id, keep)
         slot.cached = job.prompt[:keep]
         slot.job, slot.pending, slot.pos, slot.next_token = job, job.prompt[keep:], keep, None
-        slot.sampler = Sampler(job.params, self.engine.n_vocab)
+        constraint = None if job.grammar is None else Constraint(job.grammar, self.tokenizer, self.engine.n_vocab)
+        slot.sampler = Sampler(job.params, self.engine.n_vocab, constraint)
         for t in job.prompt:
             slot.sampler.accept(t)
         slot.decoder = StreamDecoder(self.tokenizer)

@@ -40,6 +40,21 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Body):
+    name: Optional[str] = None
+    schema_: Optional[dict] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's response_format: text, any JSON object, or JSON matching a schema (llama-server also
+    takes the schema beside the type)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+    schema_: Optional[dict] = Field(None, alias="schema")
+
+
 class Sampling(_Body):
     """Sampling fields shared by every generation endpoint (llama-server's defaults)."""
 
@@ -55,6 +70,23 @@ class Sampling(_Body):
     cache_prompt: bool = True
     ignore_eos: bool = False
     n: int = 1  # choices per request: only 1
+    # constrained output: OpenAI's response_format, llama-server's grammar (GBNF) and json_schema
+    response_format: Optional[ResponseFormat] = None
+    grammar: Optional[str] = None
+    json_schema: Optional[dict] = None
+
+    def grammar_spec(self) -> Optional[tuple[str, Union[str, dict]]]:
+        """(kind, grammar) for grammar.compile_grammar, or None for free text."""
+        given = [g for g in (self.grammar, self.json_schema) if g is not None]
+        rf = self.response_format
+        if rf is not None and rf.type != "text":
+            schema = rf.schema_ or (rf.json_schema.schema_ if rf.json_schema else None)
+            given.append(schema if schema is not None else {"type": "object"})
+        if len(given) > 1:
+            raise ValueError("give one of grammar, json_schema and response_format")
+        if not given:
+            return None
+        return ("gbnf", given[0]) if isinstance(given[0], str) else ("json_schema", given[0])
 
     @field_validator("n")
     @classmethod

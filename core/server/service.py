@@ -155,6 +155,18 @@ class Service:
         res = await asyncio.to_thread(run)
         return res.vectors, res.n_tokens
 
+    @staticmethod
+    def grammar(body: schemas.Sampling) -> str | None:
+        """The request's output constraint, compiled; a bad grammar or schema is a 400 naming the fault."""
+        from ..errors import LlamatorchError
+        from ..grammar import compile_grammar
+
+        try:
+            spec = body.grammar_spec()
+            return None if spec is None else compile_grammar(*spec)
+        except (ValueError, LlamatorchError) as exc:
+            raise ApiError(400, str(exc), "invalid_request_error") from None
+
     async def submit(self, lo: Loaded, ids: list[int], body: schemas.Sampling, n_predict: int,
                      n_probs: int | None = None) -> tuple[Job, asyncio.Queue]:
         loop = asyncio.get_running_loop()
@@ -168,7 +180,7 @@ class Service:
 
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
                   cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
-                  ignore_eos=body.ignore_eos)
+                  ignore_eos=body.ignore_eos, grammar=self.grammar(body))
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:
