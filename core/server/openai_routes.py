@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from . import schemas
+from . import schemas, tools
 from .probs import chat_logprobs, completion_logprobs
 from .service import Service, sse, sse_error, timings, usage
 
@@ -22,22 +22,39 @@ def register(app: FastAPI, svc: Service) -> None:
     @app.post("/chat/completions")
     async def chat_completions(body: schemas.ChatRequest, request: Request):
         lo = svc.generator()
-        ids = lo.tokenizer.encode(svc.chat_prompt(lo, body.messages), add_special=True, parse_special=True)
+        tool_plan = tools.plan(body.tools, body.tool_choice)
+        prompt = svc.chat_prompt(lo, body.messages, tool_plan)
+        ids = lo.tokenizer.encode(prompt, add_special=True, parse_special=True)
         n_probs = body.n_probs()
         job, events = await svc.submit(lo, ids, body, svc.max_tokens(body.max_completion_tokens, body.max_tokens),
-                                       n_probs)
+                                       n_probs, schema=None if tool_plan is None else tool_plan.schema)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         head = {"id": cid, "created": created, "model": body.model or config.alias, "system_fingerprint": "llamatorch"}
 
         def logprobs(probs):
             return chat_logprobs(probs) if n_probs is not None else None
 
+        def answer(text: str, finish_reason: str) -> tuple[dict, str]:
+            """The message (content, or tool_calls) and finish_reason for a finished answer."""
+            if tool_plan is None:
+                return {"role": "assistant", "content": text}, finish_reason
+            content, calls = tools.parse(text)
+            message = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            return message, finish_reason
+
         if not body.stream:
             text, r, probs = await svc.gather(job, events, request)
+            message, finish = answer(text, r.finish_reason)
             return {**head, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": r.finish_reason, "logprobs": logprobs(probs)}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                                 "logprobs": logprobs(probs)}],
                     "usage": usage(r), "timings": timings(r)}
+        if tool_plan is not None:  # the JSON is parsed once complete: sent as one delta at the end
+            return StreamingResponse(_tool_stream(svc, job, events, request, head, answer, include_usage=bool(
+                body.stream_options and body.stream_options.include_usage)), media_type="text/event-stream")
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def stream():
@@ -125,3 +142,29 @@ def register(app: FastAPI, svc: Service) -> None:
             data.append({"object": "embedding", "index": i, "embedding": vec})
         return {"object": "list", "model": body.model or config.alias, "data": data,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
+async def _tool_stream(svc: Service, job, events, request: Request, head: dict, answer, include_usage: bool):
+    """A streamed answer under tools: the role, then the whole message (tool_calls with their index, or
+    content) in one delta once the JSON is complete, then the finish reason."""
+    chunk = {**head, "object": "chat.completion.chunk"}
+    yield sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None},
+                                     "finish_reason": None}]})
+    parts = []
+    async for ev in svc.events_of(job, events, request):
+        if ev.kind == "text":
+            parts.append(ev.text)
+        elif ev.kind == "error":
+            yield sse_error(ev.text)
+            return
+        else:
+            r = ev.result
+            message, finish = answer("".join(parts), r.finish_reason)
+            delta = {k: v for k, v in message.items() if k != "role"}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+            yield sse({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            yield sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}], "timings": timings(r)})
+            if include_usage:
+                yield sse({**chunk, "choices": [], "usage": usage(r)})
+            yield sse("[DONE]")

@@ -111,10 +111,14 @@ class Service:
         if bad:
             raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{lo.n_vocab - 1})")
 
-    def chat_prompt(self, lo: Loaded, messages: list[schemas.Message]) -> str:
+    def chat_prompt(self, lo: Loaded, messages: list[schemas.Message], tool_plan=None) -> str:
+        from . import tools
+
         if lo.template is None:
             raise not_supported("this model has no chat template")
-        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+        msgs = tools.history(messages)
+        if tool_plan is not None:
+            msgs = tools.with_tools(msgs, tool_plan)
         return lo.template.apply(msgs, add_generation_prompt=True)
 
     def the_prompt(self, body: schemas.CompletionRequest):
@@ -156,19 +160,24 @@ class Service:
         return res.vectors, res.n_tokens
 
     @staticmethod
-    def grammar(body: schemas.Sampling) -> str | None:
+    def grammar(body: schemas.Sampling, schema: dict | None = None) -> str | None:
         """The request's output constraint, compiled; a bad grammar or schema is a 400 naming the fault."""
         from ..errors import LlamatorchError
         from ..grammar import compile_grammar
 
         try:
             spec = body.grammar_spec()
+            if schema is not None:
+                if spec is not None:
+                    raise ValueError("tools cannot be combined with grammar, json_schema or response_format")
+                spec = ("json_schema", schema)
             return None if spec is None else compile_grammar(*spec)
         except (ValueError, LlamatorchError) as exc:
             raise ApiError(400, str(exc), "invalid_request_error") from None
 
     async def submit(self, lo: Loaded, ids: list[int], body: schemas.Sampling, n_predict: int,
-                     n_probs: int | None = None) -> tuple[Job, asyncio.Queue]:
+                     n_probs: int | None = None, schema: dict | None = None) -> tuple[Job, asyncio.Queue]:
+        """`schema`: a JSON schema the answer must match (tool calls), in place of the body's own grammar."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -180,7 +189,7 @@ class Service:
 
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
                   cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
-                  ignore_eos=body.ignore_eos, grammar=self.grammar(body))
+                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, schema))
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:
