@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LlamatorchError
+from .cache import cache_dir  # noqa: F401  (part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,6 @@ REGISTRY: dict[str, ModelEntry] = {
         is_dir=True,
     ),
 }
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("LLAMATORCH_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "llamatorch"
-    return base.expanduser()
 
 
 def lookup(name: str) -> ModelEntry:

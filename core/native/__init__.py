@@ -74,7 +74,7 @@ def library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    from ..hub import cache_dir
+    from ..cache import cache_dir
 
     here = Path(__file__).parent
     key = hashlib.sha256()
