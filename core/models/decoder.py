@@ -6,9 +6,9 @@
     RMSNorm -> output matrix (tied to the embeddings when the file has no output.weight) [+ bias]
     [/ logit_scale] [-> soft-cap]
 
-The residual stream is float32 as in ggml (on GPUs in bf16/f16 it stays in the compute dtype unless
-the model has post-norms: a decode step there is bound by kernel count, and each RMSNorm is then one
-fused kernel).  Q/K/V and gate/up are fused into one matrix each.  This is the eager batched path that
+The residual stream is float32 as in ggml (on GPUs in bf16/f16 the plain graph -- no QKV bias, QK-norm
+or post-norms -- keeps it in the compute dtype: a decode step there is bound by kernel count, and each
+RMSNorm is then one fused kernel).  Q/K/V and gate/up are fused into one matrix each.  This is the eager batched path that
 serves every kind of step; the faster paths for decoding (backends.py) give the same results.
 """
 
@@ -149,8 +149,10 @@ class Decoder:
                               c.rope_attn_factor)
         # local layers: their own base, no scaling
         self.rope_swa = RopeTable(n_ctx + 1, c, c.rope_base_swa, 1.0, self.device) if c.any_swa else None
-        gpu = self.device.type == "cuda"
-        self.residual_dtype = self.dtype if gpu and not c.post_norms else torch.float32
+        # (float32 stays for QKV-bias, QK-norm and post-norm models on GPUs too: what their CUDA tests were
+        # verified with; the plain graph's bf16 stream is verified against the float32 path there)
+        plain = not (c.post_norms or c.qk_norm or c.qkv_bias)
+        self.residual_dtype = self.dtype if self.device.type == "cuda" and plain else torch.float32
         self.norm_weights = [(L.attn_norm.to(self.residual_dtype), L.ffn_norm.to(self.residual_dtype))
                              for L in self.layers]
 
