@@ -176,12 +176,18 @@ def test_rope_attention(kernels, neox):
         _close(out.cpu().view(B, H, hd)[b], ref, 1e-2)
 
 
-@pytest.fixture(scope="module", params=["llama", "phi3"])
+@pytest.fixture(scope="module", params=["llama", "phi3", "qwen2", "qwen3"])
 def tiny_q4(request, tmp_path_factory):
-    """A llama (normal RoPE) and a phi3 (NeoX RoPE, fused attn_qkv and [gate; up] tensors) in K-quants."""
+    """A llama (normal RoPE), a phi3 (NeoX RoPE, fused attn_qkv and [gate; up] tensors), a qwen2 (QKV
+    biases) and a qwen3 (QK-norm) in K-quants."""
     from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
 
     d = tmp_path_factory.mktemp("k")
+    if request.param.startswith("qwen"):
+        from helpers.tiny_decoders import hf_model, tiny_config, write_gguf
+
+        cfg = tiny_config(request.param, hidden_size=256, intermediate_size=512, head_dim=64, vocab_size=512)
+        return requantize_gguf(write_gguf(hf_model(cfg), d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
     if request.param == "phi3":
         from llamatorch.convert.pipeline import convert
         from test_convert_support import build_phi3

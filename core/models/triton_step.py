@@ -21,15 +21,16 @@ from ..kernels.rope_attention import SplitScratch, rope_attention
 
 
 def unsupported(model) -> str | None:
-    """Why the Triton step cannot run `model` (None: it can).  It runs the decoder's plain graph --
-    RMSNorm, QKV without bias, RoPE in either mode over whole heads, SwiGLU, no post-norms, soft-cap,
-    embedding scale or sliding window -- with every matrix in the Triton integer-group form."""
+    """Why the Triton step cannot run `model` (None: it can).  It runs RMSNorm, QKV (+ bias) (+ QK-norm),
+    RoPE in either mode over whole power-of-two heads, SwiGLU -- no post-norms, soft-cap, embedding or
+    residual scales or sliding window -- with every matrix in the Triton integer-group form."""
     c = model.config
-    features = {"QKV bias": c.qkv_bias, "output bias": c.output_bias, "QK-norm": c.qk_norm,
+    features = {"output bias": c.output_bias,
                 "post-norms": c.post_norms, f"{c.activation} gate": c.activation != "silu",
                 "embedding scale": c.embd_scale != 1.0, "logit soft-cap": bool(c.final_softcap),
                 "residual scale": c.residual_scale != 1.0, "logit scale": c.logit_scale != 1.0,
-                "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim}
+                "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim,
+                f"head size {c.head_dim} (not a power of two)": c.head_dim & (c.head_dim - 1) != 0}
     missing = [name for name, present in features.items() if present]
     if missing:
         return "no Triton form for " + ", ".join(missing)
@@ -61,6 +62,7 @@ class DecoderStep:
         self.gemv = B <= QUANT_MAX_ROWS
         self.qkv = torch.zeros(B, qd + 2 * p.n_head_kv * p.head_dim, dtype=torch.float32, device=device)
         self.attn = torch.zeros(B, qd, **bf16)
+        self.qk = self.qkv[:, : qd + p.n_head_kv * p.head_dim].view(B, p.n_head + p.n_head_kv, p.head_dim)
         # silu(gate) * up: written by the gate/up kernel itself (GLU) or computed from both halves
         self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
             torch.zeros(B, 2 * p.n_ff, **bf16))
@@ -96,7 +98,13 @@ class DecoderStep:
         m, p, c, x = self.model, self.p, self.cache, self.x
         x.copy_(m.tok_embd[self.tokens])
         for il, L in enumerate(m.layers):
+            if L.qkv_bias is not None and self.gemv:  # the product adds into the (zeroed) buffer: bias first
+                self.qkv.add_(L.qkv_bias)
             self._matmul(L.qkv, x, self.qkv, norm=L.attn_norm, accumulate=self.gemv)
+            if L.qkv_bias is not None and not self.gemv:
+                self.qkv.add_(L.qkv_bias)
+            if L.qk_norm is not None:  # per-head RMSNorm of Q and K (qwen3), in the float32 buffer
+                self.qk.copy_(F.rms_norm(self.qk, (p.head_dim,), None, p.rms_eps) * L.qk_norm)
             rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope.cos, m.rope.sin,
                            p.n_head, self.scale, neox=p.rope_neox, split=self.split)
             self._matmul(L.wo, self.attn, x, accumulate=True)
