@@ -90,7 +90,7 @@ def grammar_tokenizer(tokenizer, n_vocab: int):
     class _Wrapper:  # the shape llguidance.TokenizerWrapper reads
         eos_token_id = sorted(tokenizer.eog_ids)[0] if tokenizer.eog_ids else 0
         bos_token_id = tokenizer.bos_id
-        special_token_ids = [i for i in range(min(n_vocab, vocab.n_vocab)) if vocab.attr(i) & ATTR_CONTROL]
+        special_token_ids = np.flatnonzero(vocab.attrs[:n_vocab] & ATTR_CONTROL).tolist()
         is_tokenizer_wrapper = True
 
         def __init__(self):

@@ -145,93 +145,70 @@ def build_qwen(folder: Path, version: int) -> Path:
     return folder
 
 
-def build_llama_spm(folder: Path) -> Path:
-    """A tiny untied LlamaForCausalLM (GQA) with a SentencePiece tokenizer.model (Llama-2 style)."""
+# the tiny shape the SentencePiece checkpoints share (a tokenizer.model of 400 pieces, 16 ids to spare)
+TINY = dict(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, bos_token_id=2, eos_token_id=1)
+
+
+def _spm_checkpoint(folder: Path, arch: str, dtype: str, spread: float = 0.5, tokenizer: dict | None = None,
+                    **config) -> Path:
+    """transformers' <arch>ForCausalLM on TINY (+ `config`), random weights saved in `dtype`, and a freshly
+    trained SentencePiece tokenizer.model."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     _train_spm(folder, 400)
-    cfg = LlamaConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=1)
-    _save(LlamaForCausalLM(cfg), folder, torch.float16)
-    _write_tokenizer_config(folder)
+    cfg = getattr(transformers, f"{arch}Config")(**(TINY | config))
+    _save(getattr(transformers, f"{arch}ForCausalLM")(cfg), folder, getattr(torch, dtype), spread=spread)
+    _write_tokenizer_config(folder, **(tokenizer or {}))
     return folder
+
+
+def build_llama_spm(folder: Path) -> Path:
+    """A tiny untied LlamaForCausalLM (GQA) with a SentencePiece tokenizer.model (Llama-2 style)."""
+    return _spm_checkpoint(folder, "Llama", "float16", max_position_embeddings=256, tie_word_embeddings=False)
 
 
 def build_llama3_rope(folder: Path) -> Path:
     """The tiny Llama with Llama 3.1's RoPE scaling (rope_type llama3), its original context short enough
     that the factors cover all three bands (kept, blended, slowed): the rope_freqs tensor."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder.mkdir(parents=True, exist_ok=True)
-    _train_spm(folder, 400)
     rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                 original_max_position_embeddings=64)
-    cfg = LlamaConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, rope_parameters=rope)
-    _save(LlamaForCausalLM(cfg), folder, torch.float32)
-    _write_tokenizer_config(folder)
-    return folder
+    return _spm_checkpoint(folder, "Llama", "float32", max_position_embeddings=512, tie_word_embeddings=True,
+                           rope_parameters=rope)
 
 
 def build_mistral(folder: Path) -> Path:
     """A tiny MistralForCausalLM (GQA, a sliding window in the config, which llama.cpp does not keep)."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    folder.mkdir(parents=True, exist_ok=True)
-    _train_spm(folder, 400)
-    cfg = MistralConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                        sliding_window=256, tie_word_embeddings=False, bos_token_id=2, eos_token_id=1)
-    _save(MistralForCausalLM(cfg), folder, torch.bfloat16)
-    _write_tokenizer_config(folder)
-    return folder
+    return _spm_checkpoint(folder, "Mistral", "bfloat16", max_position_embeddings=512, sliding_window=256,
+                           tie_word_embeddings=False)
 
 
 def build_granite(folder: Path) -> Path:
     """A tiny GraniteForCausalLM: the llama layout with embedding, attention, residual and logit
     multipliers far from 1, so a misplaced one shows."""
-    import torch
-    from transformers import GraniteConfig, GraniteForCausalLM
-
-    folder.mkdir(parents=True, exist_ok=True)
-    _train_spm(folder, 400)
-    cfg = GraniteConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                        tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, embedding_multiplier=6.0,
-                        attention_multiplier=0.03, residual_multiplier=0.22, logits_scaling=4.0)
-    _save(GraniteForCausalLM(cfg), folder, torch.float32)
-    _write_tokenizer_config(folder)
-    return folder
+    return _spm_checkpoint(folder, "Granite", "float32", max_position_embeddings=512, tie_word_embeddings=True,
+                           embedding_multiplier=6.0, attention_multiplier=0.03, residual_multiplier=0.22,
+                           logits_scaling=4.0)
 
 
 def build_phi3(folder: Path, long_rope: bool = False, width: int = 64, spread: float = 0.5) -> Path:
     """A tiny Phi3ForCausalLM (fused qkv_proj and gate_up_proj, NeoX RoPE, a SentencePiece tokenizer.model);
     with `long_rope`, LongRoPE factors for a context 4x its original one of 64."""
     import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
 
-    folder.mkdir(parents=True, exist_ok=True)
-    _train_spm(folder, 400)
-    extra = {}
+    extra = {"max_position_embeddings": 64}
     if long_rope:
         g = torch.Generator().manual_seed(7)
         short = (1.0 + torch.rand(8, generator=g)).tolist()
         long = (1.0 + 4 * torch.rand(8, generator=g)).tolist()
         extra = dict(rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=short,
                                           long_factor=long), max_position_embeddings=256)
-    cfg = Phi3Config(vocab_size=416, hidden_size=width, intermediate_size=96 if width == 64 else 2 * width, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=64,
-                     **({"max_position_embeddings": 64} | extra), tie_word_embeddings=False, bos_token_id=2,
-                     eos_token_id=1, pad_token_id=0)
-    _save(Phi3ForCausalLM(cfg), folder, torch.float32, spread=spread)
-    _write_tokenizer_config(folder, tokenizer_class="LlamaTokenizer")  # (the reference requires the key)
-    return folder
+    return _spm_checkpoint(folder, "Phi3", "float32", spread=spread,
+                           tokenizer={"tokenizer_class": "LlamaTokenizer"},  # (the reference requires the key)
+                           hidden_size=width, intermediate_size=96 if width == 64 else 2 * width,
+                           original_max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0, **extra)
 
 
 def build_phi3_long(folder: Path) -> Path:
