@@ -153,7 +153,7 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
 
 
 def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, single_turn: bool, n_predict: int,
-              n_batch: int):
+              n_batch: int, speculation=None):
     """Run the conversation for `llamatorch cli`; returns (exit status, generation stats)."""
     from llamatorch.core.chat_session import ChatSession
 
@@ -162,6 +162,7 @@ def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, sing
         f"sampler seed {sampler.seed}")
     log(f"chat: template: {tmpl.source}")
     log("chat: template example:\n" + tmpl.example())
-    session = ChatSession(engine, tmpl, sampler, n_predict=n_predict, n_batch=n_batch, system=system)
+    session = ChatSession(engine, tmpl, sampler, n_predict=n_predict, n_batch=n_batch, system=system,
+                          speculation=speculation)
     status = run_chat(session, first, single_turn)
     return status, session.stats

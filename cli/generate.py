@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BatchSize, CtxSize, Device, Dtype, Model, Seed, Threads, Verbose, log, log_paths, read_prompt
+from .options import (BatchSize, CtxSize, Device, DraftMax, DraftMin, DraftModel, DraftPMin, Dtype, Model, NgramM,
+                      NgramN, Seed, SpecType, Threads, Verbose, log, log_paths, read_prompt)
 
 NAME = "cli"
 
@@ -49,6 +50,13 @@ def command(
     grammar_file: Annotated[Optional[str], typer.Option("--grammar-file", help="GBNF grammar file")] = None,
     json_schema: Annotated[Optional[str], typer.Option("-j", "--json-schema", help="constrain the output to JSON matching a schema ('{}': any JSON object)")] = None,
     json_schema_file: Annotated[Optional[str], typer.Option("-jf", "--json-schema-file", help="JSON schema file")] = None,
+    model_draft: DraftModel = None,
+    spec_type: SpecType = None,
+    draft_max: DraftMax = 16,
+    draft_min: DraftMin = 0,
+    draft_p_min: DraftPMin = 0.75,
+    spec_ngram_size_n: NgramN = 12,
+    spec_ngram_size_m: NgramM = 48,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
@@ -77,6 +85,10 @@ def command(
     from llamatorch.core.grammar import Constraint, grammar_from_options
 
     compiled = grammar_from_options(grammar, grammar_file, json_schema, json_schema_file)  # (fails before loading)
+    from llamatorch.core import speculative
+
+    draft_params = speculative.DraftParams(draft_max, draft_min, draft_p_min)
+    speculative.check_options(spec_type, model_draft, draft_params)  # (fails before loading)
     path = resolve_model(model)
     tmpl = None
     if not no_conversation:
@@ -100,12 +112,16 @@ def command(
                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
     constraint = None if compiled is None else Constraint(compiled, tok, engine.n_vocab)
     sampler = Sampler(params, engine.n_vocab, constraint)
+    spec = speculative.from_options(engine, spec_type, model_draft, draft_params, params, spec_ngram_size_n,
+                                    spec_ngram_size_m, log=log)
+    if spec is not None:
+        log(f"cli: speculative decoding: {spec.describe()}")
     if tmpl is not None:
         from .chat import chat_main
 
         status, stats = chat_main(engine, sampler, tmpl, first=text or None, system=system_prompt,
-                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size)
-        _perf(engine.load_seconds, stats, time.perf_counter() - t_start)
+                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size, speculation=spec)
+        _perf(engine.load_seconds, stats, time.perf_counter() - t_start, spec)
         raise typer.Exit(status)
     if text is None or text == "":
         raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE (or -cnv to chat)")
@@ -124,7 +140,7 @@ def command(
     stream = StreamDecoder(tok)
     stats = GenStats()
     generated = []
-    for token in generate(engine, ids, n_predict, sampler, n_batch=batch_size, stats=stats):
+    for token in generate(engine, ids, n_predict, sampler, n_batch=batch_size, stats=stats, speculation=spec):
         generated.append(token)
         piece = stream.feed(token)
         if piece:
@@ -136,10 +152,10 @@ def command(
     if show_ids:
         log(f"generated ids: {generated}")
     total = time.perf_counter() - t_start
-    _perf(engine.load_seconds, stats, total)
+    _perf(engine.load_seconds, stats, total, spec)
 
 
-def _perf(load_s: float, s, total_s: float) -> None:
+def _perf(load_s: float, s, total_s: float, spec=None) -> None:
     def line(label, ms, n, unit):
         per = ms / n if n else 0.0
         tps = 1000.0 * n / ms if ms > 0 else 0.0
@@ -151,3 +167,10 @@ def _perf(load_s: float, s, total_s: float) -> None:
     log(line("eval time", s.gen_seconds * 1000, s.gen_tokens, "runs  "))
     log(f"llama_perf_context_print: {'total time':>16} = {total_s * 1000:10.2f} ms / "
         f"{s.prompt_tokens + s.gen_tokens:5d} tokens")
+    if spec is not None:  # llama-speculative's summary lines
+        st = spec.stats
+        log(f"n_drafted = {st.drafted}")
+        log(f"n_accept  = {st.accepted}")
+        log(f"accept    = {100 * st.acceptance:.3f}%")
+        log(f"tokens per target forward = {st.tokens_per_forward:.3f} ({st.emitted} tokens, "
+            f"{st.target_forwards} forwards)")

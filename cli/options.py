@@ -15,6 +15,20 @@ BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="logical batc
 Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (-1 = random)")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="log which execution path serves each phase")]
 
+# speculative decoding (llama.cpp's flags, old and new spellings)
+DraftModel = Annotated[Optional[str], typer.Option("-md", "--model-draft", "--spec-draft-model",
+                                                   help="draft model for speculative decoding (same vocabulary)")]
+SpecType = Annotated[Optional[str], typer.Option("--spec-type", help="speculative decoding: none, draft or ngram "
+                                                 "(default: draft with -md, else none)")]
+DraftMax = Annotated[int, typer.Option("--draft-max", "--spec-draft-n-max", help="most tokens drafted per step")]
+DraftMin = Annotated[int, typer.Option("--draft-min", "--spec-draft-n-min", help="drafts shorter than this are not used")]
+DraftPMin = Annotated[float, typer.Option("--draft-p-min", "--spec-draft-p-min",
+                                          help="the draft model stops where its best candidate is less likely")]
+NgramN = Annotated[int, typer.Option("--spec-ngram-size-n", "--spec-ngram-simple-size-n",
+                                     help="n-gram lookup: tokens matched")]
+NgramM = Annotated[int, typer.Option("--spec-ngram-size-m", "--spec-ngram-simple-size-m",
+                                     help="n-gram lookup: most tokens proposed")]
+
 
 def read_prompt(prompt: str | None, file: str | None) -> str | None:
     """-p TEXT or -f FILE (UTF-8, decoded with replacement)."""

@@ -47,6 +47,7 @@ class ChatSession:
     messages: list[dict] = field(default_factory=list)
     cached: list[int] = field(default_factory=list)  # tokens whose K/V sit at positions 0..len-1
     stats: GenStats = field(default_factory=GenStats)
+    speculation: object = None  # a speculative.Speculation, or None for plain decoding
 
     def __post_init__(self):
         self.clear()
@@ -107,7 +108,7 @@ class ChatSession:
         turn = GenStats()
         stop = None
         gen = generate(self.engine, new, self.n_predict, self.sampler, n_batch=self.n_batch, seq=self.seq,
-                       start=n_keep, stats=turn)
+                       start=n_keep, stats=turn, speculation=self.speculation, context=self.cached)
         try:
             for t in gen:
                 if should_stop():  # checked before showing t: a stopped reply ends where the user saw it
@@ -132,10 +133,10 @@ class ChatSession:
                 stop = "limit"
             else:
                 stop = "context"
-        # generate() evaluates a yielded token when asked for the next one: all of `out` is in the cache
-        # after an EOG or an interruption, all but the last after the -n limit or a full context
-        evaluated = out if stop in ("eog", "interrupted") else out[:-1]
-        self.cached = ids + evaluated
+        # what generate() evaluated (plain decoding: all of `out` after an EOG or an interruption, all
+        # but the last after the -n limit; speculative decoding may hold kept draft tokens beyond `out`,
+        # which the next turn's prefix match drops)
+        self.cached = (ids + out)[: self.engine.cache.seq_len[self.seq]]
         text = "".join(parts)
         self.messages.append({"role": "assistant", "content": text})
         return Reply(text, out, stop, dropped, len(new))

@@ -166,9 +166,9 @@ class Engine:
         step, out_index = self._layout(batch)
         if self.use_cuda_graphs and any(batch.logits):
             return self._graphed_forward(step, out_index, embeddings)
-        if self.one_token is not None and self.one_token.applies(step):
-            out = self.one_token(step, self.cache, embeddings)
-            return out if batch.logits[0] else torch.empty(0, self.n_vocab)
+        n_out = sum(batch.logits)
+        if self.one_token is not None and n_out and self.one_token.applies(step, n_out):
+            return self.one_token(step, self.cache, embeddings, out_index)
         if not any(batch.logits):
             out_index = torch.zeros(1, dtype=torch.int64, device=self.device)
             self.model.forward(step, self.cache, out_index, hidden=embeddings)

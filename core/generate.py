@@ -38,12 +38,21 @@ def prefill(engine: Engine, ids: list[int], n_batch: int, seq: int = 0, start: i
 
 
 def generate(engine: Engine, prompt_ids: list[int], n_predict: int, sampler: Sampler, n_batch: int = 2048,
-             seq: int = 0, start: int = 0, stats: GenStats | None = None) -> Iterator[int]:
+             seq: int = 0, start: int = 0, stats: GenStats | None = None, speculation=None,
+             context: list[int] | None = None) -> Iterator[int]:
     """Yield sampled tokens until an end-of-generation token, n_predict tokens (-1: no limit) or a full context.
 
-    The end-of-generation token itself is not yielded.
+    The end-of-generation token itself is not yielded.  With a `speculation` (speculative.py) tokens
+    come from drafts checked by the target; `context` then names the tokens at positions 0..start-1.
+    Either way, once the generator stops, the cache's seq_len of `seq` counts the evaluated tokens.
     """
     stats = stats or GenStats()
+    if speculation is not None:
+        from .speculative import speculative_generate
+
+        yield from speculative_generate(engine, prompt_ids, n_predict, sampler, speculation, n_batch, seq,
+                                        start, stats, context)
+        return
     check_prompt_fits(start + len(prompt_ids), engine.n_ctx)
     tok = engine.tokenizer
     for t in prompt_ids:

@@ -66,20 +66,36 @@ class Sampler:
     def sample(self, logits: torch.Tensor) -> int:
         """logits: [n_vocab] float32 (any device), left as they are. Returns the drawn token id (and
         advances the grammar, when there is one, by it)."""
-        if self.constraint is None:
-            return self._draw(logits)
-        token = self._draw(self.constraint.mask_(logits.float().clone()))
-        self.constraint.consume(token)
+        token = self.draw(*self.distribution(logits))
+        if self.constraint is not None:
+            self.constraint.consume(token)
         return token
 
-    def _draw(self, logits: torch.Tensor) -> int:
+    def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distribution the chain draws from: (ids, probs) on the host, best first.  Greedy gives
+        one id with probability 1.  The grammar's mask applies, its state does not move."""
+        if self.constraint is not None:
+            logits = self.constraint.mask_(logits.float().clone())
+        return self._chain(logits)
+
+    def draw(self, ids: torch.Tensor, probs: torch.Tensor) -> int:
+        """One token from a distribution() (greedy consumes no random numbers)."""
+        if self.p.temp <= 0:
+            return int(ids[0])
+        return int(ids[torch.multinomial(probs, 1, generator=self.generator)])
+
+    def uniform(self) -> float:
+        """A number in [0, 1) from this sampler's generator (speculative decoding's acceptance test)."""
+        return float(torch.rand(1, generator=self.generator))
+
+    def _chain(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chain on logits.  The vocabulary-wide stages (penalties, greedy argmax, top-k) run where the
         logits are; only the k candidates come to the host (on a GPU, 40 values instead of the whole
         vocabulary)."""
         p = self.p
         logits = self._penalize(logits.float())
         if p.temp <= 0:
-            return int(torch.argmax(logits))
+            return torch.argmax(logits).cpu().view(1), torch.ones(1)
         k = p.top_k if 0 < p.top_k < logits.numel() else logits.numel()
         vals, ids = torch.topk(logits, k)  # sorted, descending
         vals, ids = vals.cpu(), ids.cpu()
@@ -97,9 +113,7 @@ class Sampler:
             threshold = vals[0] + math.log(p.min_p)
             n = max(int((vals >= threshold).sum()), keep)
             vals, ids = vals[:n], ids[:n]
-        probs = torch.softmax(vals / p.temp, -1)
-        choice = torch.multinomial(probs, 1, generator=self.generator)
-        return int(ids[choice])
+        return ids, torch.softmax(vals / p.temp, -1)
 
 
 def _typical(vals, ids, typical_p, keep):

@@ -7,7 +7,6 @@ while greedy decoding follows a JSON schema, on the real models' vocabularies.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 

@@ -108,7 +108,7 @@ def build(targets: tuple[str, ...]) -> None:
           file=sys.stderr)
     subprocess.run(["cmake", "-S", str(src), "-B", str(out), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     *simd_options(), "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
+                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON"],  # examples: llama-speculative, llama-lookup
                    check=True, stdout=sys.stderr)
     subprocess.run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2), "--target", *targets],
                    check=True, stdout=sys.stderr)

@@ -67,9 +67,26 @@ def test_one_token_path_only_where_it_applies(q4_path):
     assert Engine(q4_path, n_ctx=64, dtype="f32", threads=1).one_token is None
     engine = Engine(q4_path, n_ctx=64, n_seq=2, dtype="bf16", threads=1)
     step, _ = engine._layout(Batch([1, 2], [0, 0], [0, 1], [True, True]))  # two sequences: the batched path
-    assert not engine.one_token.applies(step)
+    assert not engine.one_token.applies(step, 2)
     step, _ = engine._layout(Batch([1], [0], [1], [True]))
-    assert engine.one_token.applies(step)
+    assert engine.one_token.applies(step, 1)
+    step, _ = engine._layout(Batch.sequence([1, 2, 3]))  # a prompt wanting its last row: the batched GEMMs
+    assert not engine.one_token.applies(step, 1) and engine.one_token.applies(step, 3)
+
+
+@pytest.mark.parametrize("n_check", [12, 21])
+def test_checking_forward_equals_token_by_token(any_arch, n_check):
+    """n tokens that all want logits (speculative decoding's checking forward) give, bit for bit, the
+    rows decoding them one at a time gives: greedy output cannot part from plain decoding.  21 rows
+    take the one-row kernels twice; Gemma 3's window of 8 is crossed."""
+    engine = Engine(any_arch, n_ctx=64, dtype="bf16", threads=1)
+    prompt, more = list(range(30, 40)), list(range(100, 100 + n_check))
+    engine.decode(Batch.sequence(prompt))
+    alone = torch.cat([engine.decode(Batch.sequence([t], start=10 + i)).clone() for i, t in enumerate(more)])
+    engine.cache.truncate(0, 10)
+    check = Batch.sequence(more, start=10)
+    check.logits = [True] * n_check
+    assert torch.equal(engine.decode(check), alone)
 
 
 def test_verbose_names_the_chosen_paths(q4_path):

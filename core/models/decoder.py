@@ -229,7 +229,10 @@ class Decoder:
 
     def head(self, x: torch.Tensor, hidden: bool) -> torch.Tensor:
         """x: [..., D] rows -> the output norm, then (unless `hidden`) logits in float32."""
-        x = rms_norm(x.reshape(-1, x.shape[-1]), self.out_norm, self.config.rms_eps)
+        return self.head_rows(rms_norm(x.reshape(-1, x.shape[-1]), self.out_norm, self.config.rms_eps), hidden)
+
+    def head_rows(self, x: torch.Tensor, hidden: bool) -> torch.Tensor:
+        """Normed rows x [N, D] -> themselves in float32 (`hidden`) or logits in float32."""
         if hidden:
             return x.float()
         logits = self.output(x.to(self.dtype))

@@ -1,4 +1,4 @@
-"""One token of one sequence through the decoder on the CPU, in as few PyTorch calls as possible.
+"""A few tokens of one sequence through the decoder on the CPU, in as few PyTorch calls as possible.
 
 A CPU decode step of SmolLM2 is ~6 ms, of which ~2 ms was Python and dispatch: the batched path
 (`Decoder.forward`) spends most of its PyTorch calls per layer on [B, T, ...] reshapes, casts and
@@ -7,6 +7,12 @@ order, for every architecture the DecoderConfig describes (its logits equal the 
 bit; a test pins that per architecture): one-row views made once, the norm written straight into a
 bf16 buffer, the rotated key written into the cache by the copy that rounds it, and the products'
 kernels called without Linear's dispatch.
+
+The same path takes T > 1 consecutive tokens of one sequence (speculative decoding's checking
+forward) and computes each row exactly as it would compute that token alone: the products run all
+rows at once on the one-row kernels (whose rows are independent: up to 16 per call), the norms'
+statistics are taken row by row, attention masks each row to its own cells.  So a checked draft gives
+the logits plain decoding would have given, bit for bit, and greedy output cannot drift.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from .norm import rms_norm, rms_scale_row
 from .rope import rope_neox
 
 NATIVE_MAX_HEAD = 128  # as attention._attend_all: wider heads (Gemma 3's 256) use SDPA
+MAX_TOKENS = 64  # most tokens of one step served here (a draft of up to 63 and the token before it)
+KERNEL_ROWS = 16  # rows per call of the one-row kernels (weights.INT4_MAX_ROWS)
 
 
 class OneTokenDecode:
@@ -41,18 +49,21 @@ class OneTokenDecode:
         n_qk = (c.n_head + c.n_head_kv) * c.head_dim
         self.qk_v = (n_qk, c.n_head_kv * c.head_dim)  # the QKV product's [Q|K] and [V] parts
         self.group = c.n_head // c.n_head_kv
-        self.h = torch.empty(c.n_embd, dtype=torch.bfloat16)  # the normed row each product reads
-        self.h_row = self.h.view(1, -1)
-        self.layers = [(attn_norm, ffn_norm, L.qkv.few_rows, L.wo.few_rows, L.gate_up.few_rows, L.down.few_rows, L)
+        self.h = torch.empty(MAX_TOKENS, c.n_embd, dtype=torch.bfloat16)  # the normed rows products read
+        self.layers = [(attn_norm, ffn_norm, _rows(L.qkv.few_rows), _rows(L.wo.few_rows), _rows(L.gate_up.few_rows),
+                        _rows(L.down.few_rows), L)
                        for L, (attn_norm, ffn_norm) in zip(model.layers, model.norm_weights)]
         self.local = list(c.swa_layers) if c.any_swa else [False] * c.n_layer
         self.native = c.head_dim <= NATIVE_MAX_HEAD
         self._views: tuple | None = None  # (cache, row, per-layer K/V views of that cache row)
-        self._visible: torch.Tensor | None = None  # an all-True mask row for the native attention
 
     @staticmethod
-    def applies(step) -> bool:
-        return step.all_visible and step.tokens.numel() == 1 and step.write_start is not None
+    def applies(step, n_out: int) -> bool:
+        """One token of one sequence, or up to MAX_TOKENS consecutive ones that all want logits (a
+        checking forward: a prompt's batch, which wants the last row only, is faster on the GEMMs of
+        the batched path), each seeing the cells up to its own."""
+        T = step.tokens.shape[1]
+        return step.write_start is not None and step.tokens.shape[0] == 1 and (T == 1 or n_out == T <= MAX_TOKENS)
 
     def _row_views(self, cache, row: int) -> list[tuple[torch.Tensor, ...]]:
         """Per layer, one cache row's K and V as [Hkv, cells, D] (for writes) and [1, Hkv, cells, D]
@@ -62,64 +73,103 @@ class OneTokenDecode:
             self._views = (cache, row, views)
         return self._views[2]
 
-    def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, windowed: bool) -> torch.Tensor:
-        """The query's heads [H, hd] over the cells of keys/values [1, Hkv, S, hd], choosing the kernel
+    def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                   first: list[int] | None) -> torch.Tensor:
+        """The queries q [T, H, hd] over keys/values [1, Hkv, S, hd] -> [T, H * hd], choosing the kernel
         as the batched path does (attention._attend_all): the native one where it runs (no window,
-        heads up to 128 wide), else SDPA with the query heads grouped by KV head, given the window's
-        (all-zero) additive mask where the batched path has one."""
+        heads up to 128 wide; its rows are independent under the causal `mask` [1, 1, T, S]), else
+        SDPA one row at a time over that row's cells (from `first[t]` in windowed layers), with the
+        query heads grouped by KV head and the window's (all-zero) additive mask where the batched
+        path has one."""
         c = self.c
-        S = keys.shape[2]
-        if self.native and not windowed:
-            if self._visible is None or self._visible.shape[-1] < S:
-                self._visible = torch.ones(1, 1, 1, max(S, 256) * 2, dtype=torch.bool)
-            out = native.attention(q.view(1, c.n_head, 1, c.head_dim), keys, values, self._visible[..., :S],
-                                   c.query_scale)
+        T = q.shape[0]
+        if self.native and first is None:
+            out = native.attention(q.permute(1, 0, 2).unsqueeze(0), keys, values, mask, c.query_scale)
             if out is not None:
-                return out
-        q = q.view(1, c.n_head_kv, self.group, c.head_dim)
-        bias = torch.zeros(1, 1, self.group, S, dtype=q.dtype) if windowed else None
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=c.query_scale)
+                return out.view(T, -1)
+        out = []
+        S = keys.shape[2] - T + 1  # cells the first row sees
+        for t in range(T):
+            f = 0 if first is None else first[t]
+            qt = q[t].view(1, c.n_head_kv, self.group, c.head_dim)
+            bias = torch.zeros(1, 1, self.group, S + t - f, dtype=q.dtype) if first is not None else None
+            out.append(F.scaled_dot_product_attention(qt, keys[:, :, f : S + t], values[:, :, f : S + t],
+                                                      attn_mask=bias, scale=c.query_scale).reshape(1, -1))
+        return out[0] if T == 1 else torch.cat(out)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """rms_norm's one-row arithmetic (x * scale, then * weight, in float32), rounded into self.h."""
-        torch.mul(torch.mul(x, rms_scale_row(x, self.c.rms_eps)), weight, out=self.h)
-        return self.h_row
+        """rms_norm's one-row arithmetic (x * scale, then * weight, in float32) for each row of x [T, D],
+        rounded into self.h."""
+        h = self.h[: x.shape[0]]
+        for t in range(x.shape[0]):
+            torch.mul(torch.mul(x[t], rms_scale_row(x[t], self.c.rms_eps)), weight, out=h[t])
+        return h
 
-    def __call__(self, step, cache, hidden: bool) -> torch.Tensor:
-        """step: one token of one sequence that sees all its cells (see `applies`)."""
+    def _rows_norm(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """rms_norm of each float32 row of y [T, D] as the one-row case computes it."""
+        if y.shape[0] == 1:
+            return rms_norm(y, weight, self.c.rms_eps)
+        return torch.cat([rms_norm(y[t : t + 1], weight, self.c.rms_eps) for t in range(y.shape[0])])
+
+    def __call__(self, step, cache, hidden: bool, out_index: torch.Tensor | None = None) -> torch.Tensor:
+        """step: T consecutive tokens of one sequence (see `applies`); the rows of the tokens that
+        out_index picks (None: all)."""
         c, m = self.c, self.model
         pos, row, S = step.write_start, step.rows_contiguous[0], step.n_visible
+        T = step.tokens.shape[1]
         H, HKV, hd, n_ff, eps, rs = c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.rms_eps, c.residual_scale
-        x = m.tok_embd[step.tokens].float().view(-1)  # [D], the float32 residual stream
+        x = m.tok_embd[step.tokens[0]].float()  # [T, D], the float32 residual stream
         if c.embd_scale != 1.0:
             x = x * c.embd_scale
-        x_row = x.view(1, -1)
-        # RoPE at this position: the complex form (normal mode) or cos/sin (NeoX), global and local
-        tables = [(t.cis[pos],) if t.cis is not None else (t.cos[pos], t.sin[pos]) for t in (m.rope, m.rope_swa) if t is not None]
-        start = max(0, pos - c.n_swa + 1) if c.any_swa and S > c.n_swa else 0
+        # RoPE at these positions: the complex form (normal mode) or cos/sin (NeoX), global and local
+        at = slice(pos, pos + T)
+        tables = [(t.cis[at, None],) if t.cis is not None else (t.cos[at, None], t.sin[at, None])
+                  for t in (m.rope, m.rope_swa) if t is not None]
+        first = None
+        if c.any_swa and S > c.n_swa:  # windowed layers: the first cell each row sees
+            first = [max(0, pos + t - c.n_swa + 1) for t in range(T)]
+        mask = step.mask
         act = m.activation_
         for (attn_norm, ffn_norm, qkv, wo, gate_up, down, L), (k3, v3, k4, v4), local in zip(
                 self.layers, self._row_views(cache, row), self.local):
             y = qkv(self._norm(x, attn_norm))
             if L.qkv_bias is not None:
                 y = y + L.qkv_bias
-            qk, v = y[0].split(self.qk_v)
-            qk = qk.view(H + HKV, hd)
+            qk, v = y.split(self.qk_v, 1)
+            qk = qk.reshape(T, H + HKV, hd)
             if L.qk_norm is not None:
                 qk = rms_norm(qk.float(), None, eps).mul_(L.qk_norm).to(torch.bfloat16)
             rope = tables[1] if local else tables[0]
             if c.rope_neox:
                 qk = rope_neox(qk, *rope)
             else:  # adjacent pairs as complex numbers; float32 here, rounded by the cache copy and .to()
-                qk = torch.view_as_real(torch.view_as_complex(qk.float().view(H + HKV, hd // 2, 2)) * rope[0])
-            k3.select(1, pos).copy_(qk[H:].view(HKV, hd))  # rounded to bf16 by the copy, as .to() would
-            v3.select(1, pos).copy_(v.view(HKV, hd))
-            first = start if local else 0
-            a = self._attention(qk[:H].to(torch.bfloat16), k4.narrow(2, first, S - first),
-                                v4.narrow(2, first, S - first), windowed=local and c.any_swa)
-            a = wo(a.reshape(1, H * hd))
-            x_row.add_(a if L.post_attn_norm is None else rms_norm(a.float(), L.post_attn_norm, eps), alpha=rs)
+                qk = torch.view_as_real(torch.view_as_complex(qk.float().view(T, H + HKV, hd // 2, 2)) * rope[0])
+            k3[:, pos : pos + T].copy_(qk[:, H:].reshape(T, HKV, hd).transpose(0, 1))  # rounded to bf16 by the copy
+            v3[:, pos : pos + T].copy_(v.reshape(T, HKV, hd).transpose(0, 1))
+            windowed = local and c.any_swa
+            lo = first[0] if windowed and first is not None else 0
+            keys, values = k4.narrow(2, lo, S - lo), v4.narrow(2, lo, S - lo)
+            row_first = [f - lo for f in first] if windowed and first is not None else ([0] * T if windowed else None)
+            a = self._attention(qk[:, :H].to(torch.bfloat16).reshape(T, H, hd), keys, values,
+                                mask[..., lo:] if lo else mask, row_first)
+            a = wo(a)
+            x.add_(a if L.post_attn_norm is None else self._rows_norm(a.float(), L.post_attn_norm), alpha=rs)
             g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)
             f = down(act(g).mul_(u))
-            x_row.add_(f if L.post_ffn_norm is None else rms_norm(f.float(), L.post_ffn_norm, eps), alpha=rs)
-        return m.head(x_row, hidden)
+            x.add_(f if L.post_ffn_norm is None else self._rows_norm(f.float(), L.post_ffn_norm), alpha=rs)
+        if out_index is not None:
+            x = x[out_index]
+        if x.shape[0] == 1:
+            return m.head(x, hidden)
+        normed = self._rows_norm(x, m.out_norm)  # the output matrix too: KERNEL_ROWS rows at a time
+        return torch.cat([m.head_rows(normed[i : i + KERNEL_ROWS], hidden) for i in range(0, len(normed), KERNEL_ROWS)])
+
+
+def _rows(kernel):
+    """A one-row kernel over any number of rows: KERNEL_ROWS at a time (each row's result is the same
+    however many share a call)."""
+    def product(x2: torch.Tensor) -> torch.Tensor:
+        if x2.shape[0] <= KERNEL_ROWS:
+            return kernel(x2)
+        return torch.cat([kernel(x2[i : i + KERNEL_ROWS]) for i in range(0, x2.shape[0], KERNEL_ROWS)])
+    return product
