@@ -153,7 +153,7 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
 
 
 def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, single_turn: bool, n_predict: int,
-              n_batch: int, speculation=None):
+              n_batch: int, speculation=None, prompt_cache=None):
     """Run the conversation for `llamatorch cli`; returns (exit status, generation stats)."""
     from llamatorch.core.chat_session import ChatSession
 
@@ -164,5 +164,15 @@ def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, sing
     log("chat: template example:\n" + tmpl.example())
     session = ChatSession(engine, tmpl, sampler, n_predict=n_predict, n_batch=n_batch, system=system,
                           speculation=speculation)
+    if prompt_cache is None:
+        return run_chat(session, first, single_turn), session.stats
+    # the saved conversation's cells; the first turn reuses what its prompt shares with them
+    n = prompt_cache.load(engine, session.seq, None)
+    if n:
+        from llamatorch.core.prompt_state import read_tokens
+
+        session.cached = read_tokens(prompt_cache.path)[:n]
+    session.on_prompt = lambda ids: prompt_cache.prompt_done(engine, session.seq, ids)
     status = run_chat(session, first, single_turn)
+    prompt_cache.finished(engine, session.seq, session.cached)
     return status, session.stats

@@ -57,6 +57,9 @@ def command(
     draft_p_min: DraftPMin = 0.75,
     spec_ngram_size_n: NgramN = 12,
     spec_ngram_size_m: NgramM = 48,
+    prompt_cache: Annotated[Optional[str], typer.Option("--prompt-cache", help="file to cache the prompt's state in (reused by later runs sharing its start)")] = None,
+    prompt_cache_all: Annotated[bool, typer.Option("--prompt-cache-all", help="with --prompt-cache: save the generated tokens too")] = False,
+    prompt_cache_ro: Annotated[bool, typer.Option("--prompt-cache-ro", help="with --prompt-cache: use the file, never update it")] = False,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
@@ -72,6 +75,8 @@ def command(
         raise LlamatorchError("-c must be >= 0")
     if batch_size < 1:
         raise LlamatorchError("-b must be >= 1")
+    if (prompt_cache_all or prompt_cache_ro) and not prompt_cache:
+        raise LlamatorchError("--prompt-cache-all and --prompt-cache-ro need --prompt-cache FILE")
 
     import sys
     import time
@@ -116,11 +121,17 @@ def command(
                                     spec_ngram_size_m, log=log)
     if spec is not None:
         log(f"cli: speculative decoding: {spec.describe()}")
+    cache_file = None
+    if prompt_cache:
+        from llamatorch.core.prompt_state import PromptCache
+
+        cache_file = PromptCache(prompt_cache, prompt_cache_all, prompt_cache_ro, log=log)
     if tmpl is not None:
         from .chat import chat_main
 
         status, stats = chat_main(engine, sampler, tmpl, first=text or None, system=system_prompt,
-                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size, speculation=spec)
+                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size, speculation=spec,
+                                  prompt_cache=cache_file)
         _perf(engine.load_seconds, stats, time.perf_counter() - t_start, spec)
         raise typer.Exit(status)
     if text is None or text == "":
@@ -140,7 +151,13 @@ def command(
     stream = StreamDecoder(tok)
     stats = GenStats()
     generated = []
-    for token in generate(engine, ids, n_predict, sampler, n_batch=batch_size, stats=stats, speculation=spec):
+    n_keep = cache_file.load(engine, 0, ids) if cache_file is not None else 0
+    for t in ids[:n_keep]:  # (the penalties see the whole prompt, as without the cache)
+        sampler.accept(t)
+    for token in generate(engine, ids[n_keep:], n_predict, sampler, n_batch=batch_size, stats=stats,
+                          speculation=spec, start=n_keep, context=ids[:n_keep]):
+        if cache_file is not None and not generated:
+            cache_file.prompt_done(engine, 0, ids)
         generated.append(token)
         piece = stream.feed(token)
         if piece:
@@ -149,6 +166,9 @@ def command(
     out.write(stream.flush())
     out.write("\n")
     out.flush()
+    if cache_file is not None:
+        cache_file.prompt_done(engine, 0, ids)  # (when nothing was generated)
+        cache_file.finished(engine, 0, ids + generated)
     if show_ids:
         log(f"generated ids: {generated}")
     total = time.perf_counter() - t_start

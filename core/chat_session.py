@@ -48,6 +48,7 @@ class ChatSession:
     cached: list[int] = field(default_factory=list)  # tokens whose K/V sit at positions 0..len-1
     stats: GenStats = field(default_factory=GenStats)
     speculation: object = None  # a speculative.Speculation, or None for plain decoding
+    on_prompt: Callable[[list[int]], None] | None = None  # called once a turn's prompt is evaluated
 
     def __post_init__(self):
         self.clear()
@@ -110,7 +111,9 @@ class ChatSession:
         gen = generate(self.engine, new, self.n_predict, self.sampler, n_batch=self.n_batch, seq=self.seq,
                        start=n_keep, stats=turn, speculation=self.speculation, context=self.cached)
         try:
-            for t in gen:
+            for i, t in enumerate(gen):
+                if i == 0 and self.on_prompt is not None:
+                    self.on_prompt(ids)
                 if should_stop():  # checked before showing t: a stopped reply ends where the user saw it
                     stop = "interrupted"
                     break
