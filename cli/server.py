@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BatchSize, Device, Dtype, Model, Threads, Verbose, log, log_paths
+from .options import (BatchSize, Device, DraftMax, DraftMin, DraftModel, DraftPMin, Dtype, Model, Threads, Verbose, log,
+                      log_paths)
 
 NAME = "server"
 
@@ -52,6 +53,10 @@ def command(
     slot_save_path: Annotated[Optional[str], typer.Option("--slot-save-path", help="folder for POST "
                                                           "/slots/{id}?action=save|restore files")] = None,
     timeout: Annotated[int, typer.Option("--timeout", "-to", help="seconds an idle connection stays open")] = 600,
+    model_draft: DraftModel = None,
+    draft_max: DraftMax = 16,
+    draft_min: DraftMin = 0,
+    draft_p_min: DraftPMin = 0.75,
 ):
     """OpenAI-compatible HTTP server with continuous batching (llama-server)."""
     from llamatorch.core.errors import LlamatorchError
@@ -69,6 +74,20 @@ def command(
         save_dir = Path(slot_save_path).expanduser()
         if not save_dir.is_dir():
             raise LlamatorchError(f"--slot-save-path {slot_save_path} is not a folder")
+    from llamatorch.core import speculative
+
+    draft_params = speculative.DraftParams(draft_max, draft_min, draft_p_min)
+    speculative.check_options("draft" if model_draft else "ngram", model_draft, draft_params)
+    draft_path = None
+    if model_draft:
+        from llamatorch.core.hub import resolve_model as _resolve
+
+        draft_path = _resolve(model_draft)  # a missing file or another vocabulary fails before the server starts
+        from llamatorch.core.gguf_file import GGUFFile as _G
+        from llamatorch.core.tokenizer import Tokenizer as _T
+
+        speculative.check_compatible(_T.from_metadata(_G(resolve_model_early(model)).metadata),
+                                     _T.from_metadata(_G(draft_path).metadata), draft_path.name)
     keys = [api_key] if api_key else []
     if api_key_file is not None:
         p = Path(api_key_file)
@@ -109,8 +128,14 @@ def command(
 
         engine = Engine(path, n_ctx=n_ctx_slot, n_seq=parallel, dtype=dtype, device=device, threads=threads)
         log_paths(engine, verbose)
+        drafters = None
+        if draft_path is not None:
+            draft = Engine(draft_path, n_ctx=n_ctx_slot, n_seq=parallel, dtype=dtype, device=device, threads=threads)
+            drafters = speculative.SlotDrafters(engine, draft)
+            log(f"server: draft model {draft_path.name} loaded in {draft.load_seconds:.1f} s (requests ask for "
+                f"speculative decoding with speculative.n_max / speculative.type)")
         scheduler = Scheduler(engine, n_batch=batch_size, max_queue=max_queue, log=log,
-                              pool=total if kv_unified else None)
+                              pool=total if kv_unified else None, drafters=drafters)
         scheduler.start()
         log(f"server: model {path.name} loaded in {engine.load_seconds:.1f} s: {parallel} slots of {n_ctx_slot} "
             f"tokens{' sharing one pool of ' + str(total) if kv_unified else ''}, dtype "
@@ -120,10 +145,17 @@ def command(
                       engine=engine, scheduler=scheduler)
 
     config = ServerConfig(alias=alias or path.name, api_keys=keys, n_predict=n_predict,
-                          cache_prompt=not no_cache_prompt, metrics=metrics, slots=slots, slot_save_path=save_dir)
+                          cache_prompt=not no_cache_prompt, metrics=metrics, slots=slots, slot_save_path=save_dir,
+                          draft=draft_params, has_draft_model=draft_path is not None)
     app = create_app(config, load, log=log)
     log(f"server: listening on http://{host}:{port} (loading the model in the background)")
     serve(app, host, port, timeout)
+
+
+def resolve_model_early(model: str):
+    from llamatorch.core.hub import resolve_model
+
+    return resolve_model(model)
 
 
 def load_embedder(path: Path, pooling: str | None, n_ctx: int, opts: dict):

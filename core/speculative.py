@@ -30,6 +30,7 @@ from .errors import LlamatorchError
 from .sampling import Sampler, SamplerParams
 
 DRAFT_TOP_K = 10  # llama.cpp's draft sampler: top-k 10, best candidate taken
+MAX_DRAFT = 63  # the CPU one-token path checks up to 64 tokens (one_token.MAX_TOKENS)
 
 
 @dataclass
@@ -106,9 +107,11 @@ class NgramDrafter:
 class ModelDrafter:
     """A draft model on its own engine (sequence 0), kept in step with the target's context."""
 
-    def __init__(self, draft_engine, target_engine, params: DraftParams, sampler_params: SamplerParams):
-        check_compatible(target_engine.tokenizer, draft_engine.tokenizer, draft_engine.model_path.name)
-        self.engine = draft_engine
+    def __init__(self, draft_engine, target_engine, params: DraftParams, sampler_params: SamplerParams,
+                 seq: int = 0, checked: bool = False):
+        if not checked:
+            check_compatible(target_engine.tokenizer, draft_engine.tokenizer, draft_engine.model_path.name)
+        self.engine, self.seq = draft_engine, seq
         self.params = params
         self.sampler = Sampler(sampler_params, draft_engine.n_vocab)  # used when the target samples
         self.held: list[int] = []  # tokens whose K/V the draft cache holds, positions 0..len-1
@@ -121,10 +124,10 @@ class ModelDrafter:
         n = _common_prefix(self.held, tokens)
         if n == len(tokens):
             n -= 1  # everything held: evaluate the last token again for its logits
-        self.engine.cache.truncate(0, n)
+        self.engine.cache.truncate(self.seq, n)
         logits = None
         for i in range(n, len(tokens), n_batch):
-            logits = self.engine.decode(Batch.sequence(tokens[i : i + n_batch], start=i))
+            logits = self.engine.decode(Batch.sequence(tokens[i : i + n_batch], start=i, seq=self.seq))
         self.held = list(tokens)
         return logits[-1]
 
@@ -153,11 +156,34 @@ class ModelDrafter:
                 draft.q.append((ids, probs))
             if len(draft.tokens) >= n_max:
                 break
-            logits = self.engine.decode(Batch.sequence([token], start=len(self.held)))[-1]
+            logits = self.engine.decode(Batch.sequence([token], start=len(self.held), seq=self.seq))[-1]
             self.held.append(token)
         if len(draft.tokens) < p.n_min:
             return Draft(q=None if greedy else [])
         return draft
+
+
+class SlotDrafters:
+    """The server's drafters, one per slot (each keeps its own draft-cache sequence between requests):
+    n-gram lookup always, a draft model where the server was started with -md."""
+
+    def __init__(self, target, draft_engine=None):
+        if draft_engine is not None:
+            check_compatible(target.tokenizer, draft_engine.tokenizer, draft_engine.model_path.name)
+        self.target, self.draft = target, draft_engine
+        self._models: dict[int, ModelDrafter] = {}
+
+    def for_slot(self, slot: int, kind: str, params: DraftParams, sampler_params: SamplerParams):
+        if kind == "ngram":
+            return NgramDrafter()
+        if self.draft is None:
+            raise LlamatorchError("this server has no draft model: start it with -md DRAFT.gguf")
+        d = self._models.get(slot)
+        if d is None:
+            d = self._models[slot] = ModelDrafter(self.draft, self.target, params, sampler_params, seq=slot,
+                                                  checked=True)
+        d.params, d.sampler = params, Sampler(sampler_params, self.draft.n_vocab)
+        return d
 
 
 def check_compatible(a, b, name: str) -> None:
@@ -233,6 +259,9 @@ def check_options(spec_type: str | None, draft_model: str | None, params: DraftP
     kind = spec_type or ("draft" if draft_model else "none")
     if kind not in SPEC_TYPES:
         raise LlamatorchError(f"unknown --spec-type '{spec_type}' (use {', '.join(SPEC_TYPES)})")
+    if params.n_max > MAX_DRAFT:
+        raise LlamatorchError(f"--draft-max {params.n_max}: at most {MAX_DRAFT} (a checking forward of "
+                              f"{MAX_DRAFT + 1} tokens is what reproduces single steps exactly)")
     if params.n_max < 1 or params.n_min < 0 or params.n_min > params.n_max:
         raise LlamatorchError(f"--draft-max {params.n_max} / --draft-min {params.n_min}: need 0 <= min <= max, max >= 1")
     if not 0.0 <= params.p_min <= 1.0:

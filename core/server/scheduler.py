@@ -30,6 +30,7 @@ from ..engine import Batch, Engine
 from ..errors import LlamatorchError
 from ..grammar import Constraint
 from ..sampling import Sampler, SamplerParams
+from ..speculative import Draft, DraftParams, SlotDrafters, accept_or_replace
 from ..tokenizer import StreamDecoder
 from ..weights import INT4_MAX_ROWS
 from .probs import TokenProb, token_prob
@@ -60,6 +61,8 @@ class Result:
     predicted_ms: float
     slot: int
     stopping_word: str = ""
+    n_drafted: int = 0  # speculative decoding: draft tokens checked, and kept
+    n_accepted: int = 0
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Job:
     n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's ignore_eos)
     grammar: str | None = None  # a compiled llguidance grammar the output must follow (grammar.py)
+    speculative: tuple[str, DraftParams] | None = None  # ("draft" | "ngram", limits): drafts checked per step
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -98,6 +102,9 @@ class Slot:
     n_cached: int = 0
     t_start: float = 0.0
     t_first: float = 0.0
+    drafter: Any = None  # the job's drafter (speculative decoding), else None
+    n_drafted: int = 0
+    n_accepted: int = 0
 
     @property
     def busy(self) -> bool:
@@ -123,8 +130,9 @@ class Scheduler:
     with "length"."""
 
     def __init__(self, engine: Engine, n_batch: int = 2048, max_queue: int = 64, log=None,
-                 pool: int | None = None):
+                 pool: int | None = None, drafters: SlotDrafters | None = None):
         self.engine = engine
+        self.drafters = drafters or SlotDrafters(engine)  # n-gram lookup; a draft model with -md
         self.n_batch = max(1, n_batch)
         self.slots = [Slot(i) for i in range(engine.n_seq)]
         self.queue: queue.Queue[Job | None] = queue.Queue()
@@ -259,9 +267,12 @@ class Scheduler:
         if batches:
             self.n_steps += 1
             self.n_busy_total += self.n_processing
-        for batch, flagged in batches:
+        for batch, flagged, draft in batches:
             logits = self.engine.decode(batch)
             self.n_decode_total += 1
+            if draft is not None:
+                self._checked(flagged[0], logits.clone(), draft)
+                continue
             for row, slot in enumerate(flagged):
                 self._sampled(slot, logits[row])
 
@@ -277,6 +288,10 @@ class Scheduler:
         slot.job, slot.pending, slot.pos, slot.next_token = job, job.prompt[keep:], keep, None
         constraint = None if job.grammar is None else Constraint(job.grammar, self.tokenizer, self.engine.n_vocab)
         slot.sampler = Sampler(job.params, self.engine.n_vocab, constraint)
+        slot.drafter = None
+        if job.speculative is not None:
+            slot.drafter = self.drafters.for_slot(slot.id, job.speculative[0], job.speculative[1], job.params)
+        slot.n_drafted = slot.n_accepted = 0
         for t in job.prompt:
             slot.sampler.accept(t)
         slot.decoder = StreamDecoder(self.tokenizer)
@@ -304,9 +319,10 @@ class Scheduler:
         if prefilling and not generating and self.cells_used + 1 > self.pool:
             self._fail(max(prefilling, key=lambda s: s.t_start), "the context pool (-c with -kvu) is full")
 
-    def _batches(self) -> list[tuple[Batch, list[Slot]]]:
+    def _batches(self) -> list[tuple[Batch, list[Slot], Draft | None]]:
         """This step's batches: one token of every generating slot (in groups of at most DECODE_ROWS),
-        then a chunk of each prefilling slot's prompt, within n_batch tokens in all.
+        then a chunk of each prefilling slot's prompt, within n_batch tokens in all.  A slot whose
+        drafter proposes tokens gets a checking batch of its own (its token and the draft).
 
         Prompts get batches of their own, and decode batches stay within the few-row kernels, because
         a row's numbers must not depend on its neighbours: more rows than DECODE_ROWS take the dense
@@ -314,13 +330,22 @@ class Scheduler:
         change with the load on the server."""
         out = []
         generating = [s for s in self.slots if s.busy and s.next_token is not None]
-        for i in range(0, len(generating), DECODE_ROWS):
-            group = generating[i : i + DECODE_ROWS]
+        plain = []
+        for s in generating:
+            draft = self._draft(s)
+            if draft.tokens:
+                batch = Batch.sequence([s.next_token] + draft.tokens, s.pos, s.id)
+                batch.logits = [True] * len(batch)
+                out.append((batch, [s], draft))
+            else:
+                plain.append(s)
+        for i in range(0, len(plain), DECODE_ROWS):
+            group = plain[i : i + DECODE_ROWS]
             batch = Batch()
             for s in group:
                 batch.add(s.next_token, s.pos, s.id, logits=True)
-            out.append((batch, group))
-        budget = self.n_batch - len(generating)
+            out.append((batch, group, None))
+        budget = self.n_batch - sum(len(b) for b, _, _ in out)
         if self.pool is not None:
             budget = min(budget, self.pool - self.cells_used - len(generating))
         for s in self.slots:
@@ -334,25 +359,79 @@ class Scheduler:
                 s.pos += len(chunk)
                 budget -= len(chunk)
                 self.n_prompt_total += len(chunk)
-                out.append((batch, [] if s.pending else [s]))
+                out.append((batch, [] if s.pending else [s], None))
         return out
 
-    def _sampled(self, s: Slot, logits: torch.Tensor) -> None:
+    def _draft(self, s: Slot) -> Draft:
+        """The slot's draft for this step: what fits its context, its max tokens and the -kvu pool."""
+        if s.drafter is None:
+            return Draft()
+        n_max = min(s.job.speculative[1].n_max, self.n_ctx_slot - s.pos - 1)
+        if s.job.n_predict >= 0:
+            n_max = min(n_max, s.job.n_predict - len(s.generated) - 1)
+        if self.pool is not None:
+            n_max = min(n_max, self.pool - self.cells_used - self.n_processing)
+        if n_max <= 0:
+            return Draft()
+        draft = s.drafter.propose(s.cached, s.next_token, n_max, s.job.params.temp <= 0)
+        cut = next((i for i, t in enumerate(draft.tokens) if t >= self.engine.n_vocab), len(draft.tokens))
+        return Draft(draft.tokens[:cut], None if draft.q is None else draft.q[:cut])
+
+    def _checked(self, s: Slot, rows: torch.Tensor, draft: Draft) -> None:
+        """A checking forward's rows [k + 1, n_vocab]: keep the draft's agreeing start (the rule in
+        speculative.py), emit each kept token as a sampled one, cut the cache back to what was kept."""
+        self._advance(s)
+        s.n_drafted += len(draft.tokens)
+        k = len(draft.tokens)
+        for i in range(k + 1):
+            raw = rows[i]
+            dist = s.sampler.distribution(self._masked(s, raw))
+            if i < k:
+                kept, token = accept_or_replace(s.sampler, dist, draft.tokens[i], None if draft.q is None else draft.q[i])
+            else:
+                kept, token = False, s.sampler.draw(*dist)
+            if s.sampler.constraint is not None:
+                s.sampler.constraint.consume(token)
+            s.sampler.accept(token)
+            if not self._emit(s, token, raw):
+                break
+            if not kept:
+                s.next_token = token
+                break
+            s.n_accepted += 1
+            s.cached.append(token)  # a kept draft token is in the cache already
+            s.pos += 1
+        self.engine.cache.truncate(s.id, len(s.cached))
+
+    def _advance(self, s: Slot) -> None:
         if s.next_token is not None:  # the token just evaluated is now in the cache
             s.cached.append(s.next_token)
             s.pos += 1
             s.next_token = None
         elif not s.t_first:
             s.t_first = time.perf_counter()
-        job = s.job
+
+    def _masked(self, s: Slot, logits: torch.Tensor) -> torch.Tensor:
+        if not s.job.ignore_eos:
+            return logits
+        logits = logits.clone()
+        logits[self._eog_ids] = float("-inf")
+        return logits
+
+    def _sampled(self, s: Slot, logits: torch.Tensor) -> None:
+        self._advance(s)
         raw = logits  # log-probabilities come from the model's logits, before any bias
-        if job.ignore_eos:
-            logits = logits.clone()
-            logits[self._eog_ids] = float("-inf")
-        token = s.sampler.sample(logits)
+        token = s.sampler.sample(self._masked(s, logits))
         s.sampler.accept(token)
+        if self._emit(s, token, raw):
+            s.next_token = token
+
+    def _emit(self, s: Slot, token: int, raw: torch.Tensor) -> bool:
+        """A sampled token into the answer (text, stop strings, limits, events); False when the job ended."""
+        job = s.job
         if self.tokenizer.is_eog(token):
-            return self._finish(s, "stop")
+            self._finish(s, "stop")
+            return False
         s.generated.append(token)
         self.n_predicted_total += 1
         if job.n_probs is not None:
@@ -363,16 +442,18 @@ class Scheduler:
             at = s.text.find(stop, max(0, s.sent - len(stop)))
             if at >= 0:
                 s.text = s.text[:at]
-                return self._finish(s, "stop", stopping_word=stop)
+                self._finish(s, "stop", stopping_word=stop)
+                return False
         # the next evaluation would write at s.pos: past the slot's context there is no room
         if len(s.generated) >= job.n_predict >= 0 or s.pos >= self.n_ctx_slot:
             s.text += s.decoder.flush()
-            return self._finish(s, "length")
+            self._finish(s, "length")
+            return False
         upto = len(s.text) - held_back(s.text, job.stop)
         if upto > s.sent:
             job.on_event(Event("text", s.text[s.sent:upto], probs=self._probs_upto(s, upto)))
             s.sent = upto
-        s.next_token = token
+        return True
 
     def _probs_upto(self, s: Slot, upto: int) -> list[TokenProb]:
         """Log-probabilities not sent yet of the tokens whose text begins before character `upto`."""
@@ -393,7 +474,7 @@ class Scheduler:
         now = time.perf_counter()
         t_first = s.t_first or now
         result = Result(reason, len(job.prompt), s.n_cached, len(s.generated), (t_first - s.t_start) * 1e3,
-                        (now - t_first) * 1e3, s.id, stopping_word)
+                        (now - t_first) * 1e3, s.id, stopping_word, s.n_drafted, s.n_accepted)
         self.t_prompt_total += result.prompt_ms / 1e3
         self.t_predicted_total += result.predicted_ms / 1e3
         self.log(f"server: slot {s.id}: prompt {result.n_prompt} tokens ({result.n_cached} cached) "
@@ -424,22 +505,22 @@ class Scheduler:
         return s
 
     def save_slot(self, slot_id: int, target) -> dict:
-        from . import slot_files
+        from .. import prompt_state
 
         s = self._idle_slot(slot_id)
         t0 = time.perf_counter()
-        n_written = slot_files.save(self.engine, s.id, s.cached, target)
+        n_written = prompt_state.save(self.engine, s.id, s.cached, target)
         return {"id_slot": s.id, "filename": target.name, "n_saved": len(s.cached), "n_written": n_written,
                 "timings": {"save_ms": (time.perf_counter() - t0) * 1e3}}
 
     def restore_slot(self, slot_id: int, source) -> dict:
-        from . import slot_files
+        from .. import prompt_state
 
         s = self._idle_slot(slot_id)
         t0 = time.perf_counter()
         s.cached = []  # until the cells are all in place
         try:
-            tokens = slot_files.restore(self.engine, s.id, source, self.n_ctx_slot)
+            tokens = prompt_state.restore(self.engine, s.id, source, self.n_ctx_slot)
         except Exception:
             self.engine.cache.truncate(s.id, 0)
             raise

@@ -87,6 +87,11 @@ class Sampling(_Body):
     response_format: Optional[ResponseFormat] = None
     grammar: Optional[str] = None
     json_schema: Optional[dict] = None
+    # speculative decoding, off unless asked for (llama-server's dotted names)
+    speculative_type: Optional[Literal["draft", "ngram"]] = Field(None, alias="speculative.type")
+    speculative_n_max: Optional[int] = Field(None, alias="speculative.n_max", ge=0, le=63)
+    speculative_n_min: Optional[int] = Field(None, alias="speculative.n_min", ge=0, le=63)
+    speculative_p_min: Optional[float] = Field(None, alias="speculative.p_min", ge=0.0, le=1.0)
 
     def grammar_spec(self) -> Optional[tuple[str, Union[str, dict]]]:
         """(kind, grammar) for grammar.compile_grammar, or None for free text."""

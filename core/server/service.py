@@ -42,6 +42,8 @@ class ServerConfig:
     metrics: bool = False  # --metrics: GET /metrics
     slots: bool = True  # --no-slots: GET /slots refused
     slot_save_path: Path | None = None  # --slot-save-path: POST /slots/{id}?action=save|restore
+    draft: Any = None  # --draft-max/--draft-min/--draft-p-min defaults (speculative.DraftParams) for requests
+    has_draft_model: bool = False  # -md given
 
 
 class ApiError(Exception):
@@ -93,6 +95,24 @@ class Service:
             repeat_penalty=body.repeat_penalty if body.repeat_penalty is not None else d.repeat_penalty,
             seed=body.seed if body.seed is not None else -1,
         )
+
+    def speculative(self, body: schemas.Sampling):
+        """("draft" | "ngram", DraftParams) when the request asks for speculative decoding, else None."""
+        from ..speculative import DraftParams
+
+        asked = body.speculative_type is not None or body.speculative_n_max
+        if not asked:
+            return None
+        kind = body.speculative_type or ("draft" if self.config.has_draft_model else "ngram")
+        if kind == "draft" and not self.config.has_draft_model:
+            raise ApiError(400, "this server has no draft model for speculative.type 'draft': start it with -md")
+        d = self.config.draft or DraftParams()
+        p = DraftParams(body.speculative_n_max or d.n_max,
+                        d.n_min if body.speculative_n_min is None else body.speculative_n_min,
+                        d.p_min if body.speculative_p_min is None else body.speculative_p_min)
+        if p.n_min > p.n_max:
+            raise ApiError(400, f"speculative.n_min {p.n_min} is more than speculative.n_max {p.n_max}")
+        return kind, p
 
     def max_tokens(self, *values: int | None) -> int:
         for v in values:
@@ -189,7 +209,7 @@ class Service:
 
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
                   cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
-                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, schema))
+                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, schema), speculative=self.speculative(body))
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:
@@ -247,4 +267,5 @@ def timings(r: Result) -> dict:
     return {"cache_n": r.n_cached, "prompt_n": n_eval, "prompt_ms": r.prompt_ms,
             "prompt_per_second": n_eval / (r.prompt_ms / 1e3) if r.prompt_ms > 0 else 0.0,
             "predicted_n": r.n_predicted, "predicted_ms": r.predicted_ms,
-            "predicted_per_second": r.n_predicted / (r.predicted_ms / 1e3) if r.predicted_ms > 0 else 0.0}
+            "predicted_per_second": r.n_predicted / (r.predicted_ms / 1e3) if r.predicted_ms > 0 else 0.0,
+            **({"draft_n": r.n_drafted, "draft_n_accepted": r.n_accepted} if r.n_drafted else {})}

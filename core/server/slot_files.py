@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ..errors import LlamatorchError
-from ..prompt_state import restore, save  # noqa: F401  (the slot actions' interface)
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
