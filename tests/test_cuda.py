@@ -47,7 +47,7 @@ def test_cuda_graph_decode_matches_cpu_f32(tiny_q4):
     assert gpu._graphs, "decode steps should run from a captured CUDA graph"
     from llamatorch.core import kernels
 
-    assert gpu._fused_step == kernels.available(gpu.device)  # the Triton step serves llama when it can
+    assert gpu.paths.triton_step == kernels.available(gpu.device)  # the Triton step serves llama when it can
     out = torch.cat(rows)
     assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
 
@@ -124,3 +124,28 @@ def test_sampling_on_device_logits_matches_host(params):
         assert a == b
         host.accept(a)
         dev.accept(b)
+
+
+def test_cuda_speculative_decoding(tiny_q4):
+    """Drafts checked on the GPU (graphed forwards of all-logits batches, their output buffers reused):
+    greedy output equals plain greedy output in float32; bf16 runs and keeps drafts."""
+    from llamatorch.core import speculative as sp
+    from llamatorch.core.generate import generate
+    from llamatorch.core.sampling import Sampler, SamplerParams
+
+    greedy = SamplerParams(temp=0)
+    for dtype in ("f32", "bf16"):
+        target = Engine(tiny_q4, n_ctx=128, dtype=dtype, device="cuda")
+        draft = Engine(tiny_q4, n_ctx=128, dtype=dtype, device="cuda")
+        params = sp.DraftParams(8, 0, 0.0)
+        spec = sp.Speculation(sp.ModelDrafter(draft, target, params, greedy), params)
+        prompt = _toks(12, seed=3)
+        target.cache.clear()
+        plain = list(generate(target, prompt, 40, Sampler(greedy, target.n_vocab)))
+        target.cache.clear()
+        fast = list(generate(target, prompt, 40, Sampler(greedy, target.n_vocab), speculation=spec))
+        assert spec.stats.accepted > 0
+        if dtype == "f32":
+            assert fast == plain
+        else:
+            assert len(fast) == len(plain)
