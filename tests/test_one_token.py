@@ -66,8 +66,10 @@ def test_one_token_path_equals_batched_path(any_arch, row, monkeypatch):
 def test_one_token_path_only_where_it_applies(q4_path):
     assert Engine(q4_path, n_ctx=64, dtype="f32", threads=1).one_token is None
     engine = Engine(q4_path, n_ctx=64, n_seq=2, dtype="bf16", threads=1)
-    step, _ = engine._layout(Batch([1, 2], [0, 0], [0, 1], [True, True]))  # two sequences: the batched path
-    assert not engine.one_token.applies(step, 2)
+    step, _ = engine._layout(Batch([1, 2], [0, 0], [0, 1], [True, False]))  # two sequences, one row wanted
+    assert not engine.one_token.applies(step, 1)
+    step, _ = engine._layout(Batch([1, 2], [0, 0], [0, 1], [True, True]))  # a decode step of two sequences
+    assert engine.one_token.applies(step, 2)
     step, _ = engine._layout(Batch([1], [0], [1], [True]))
     assert engine.one_token.applies(step, 1)
     step, _ = engine._layout(Batch.sequence([1, 2, 3]))  # a prompt wanting its last row: the batched GEMMs
@@ -97,3 +99,23 @@ def test_verbose_names_the_chosen_paths(q4_path):
     assert "paths: decode: eager forward; one sequence: cpu one-token" in proc.stderr
     proc = run_cli("cli", "-m", str(q4_path), "-no-cnv", "-p", "ab", "-n", "2", "--temp", "0", "-v", "--dtype", "f32")
     assert "paths: decode: eager forward (cpu one-token: CPU bf16 only)" in proc.stderr
+
+
+def test_decode_step_of_many_sequences_equals_each_alone(any_arch):
+    """One token for each of three sequences at different positions (a server's decode step): each row
+    equals, bit for bit, that sequence decoded alone, so an answer does not depend on its neighbours."""
+    engine = Engine(any_arch, n_ctx=64, n_seq=3, dtype="bf16", threads=1)
+    lengths = [5, 17, 11]  # (17: past Gemma 3's window of 8)
+    for s, n in enumerate(lengths):
+        engine.decode(Batch(list(range(30, 30 + n)), list(range(n)), [s] * n, [False] * (n - 1) + [True]))
+    together = engine.decode(Batch([101, 102, 103], lengths, [0, 1, 2], [True] * 3)).clone()
+    alone = []
+    for s, n in enumerate(lengths):
+        engine.cache.truncate(s, n)
+        alone.append(engine.decode(Batch([101 + s], [n], [s], [True])).clone())
+    assert torch.equal(together, torch.cat(alone))
+    # and the cache holds what single steps write: the next step agrees too
+    for s, n in enumerate(lengths):
+        engine.cache.truncate(s, n + 1)
+    nxt = engine.decode(Batch([7, 8, 9], [n + 1 for n in lengths], [0, 1, 2], [True] * 3))
+    assert torch.isfinite(nxt).all()

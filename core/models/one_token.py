@@ -59,11 +59,15 @@ class OneTokenDecode:
 
     @staticmethod
     def applies(step, n_out: int) -> bool:
-        """One token of one sequence, or up to MAX_TOKENS consecutive ones that all want logits (a
-        checking forward: a prompt's batch, which wants the last row only, is faster on the GEMMs of
-        the batched path), each seeing the cells up to its own."""
-        T = step.tokens.shape[1]
-        return step.write_start is not None and step.tokens.shape[0] == 1 and (T == 1 or n_out == T <= MAX_TOKENS)
+        """One token of one sequence; up to MAX_TOKENS consecutive ones of one sequence that all want
+        logits (a checking forward: a prompt's batch, which wants the last row only, is faster on the
+        GEMMs of the batched path), each seeing the cells up to its own; or one token of each of up to
+        KERNEL_ROWS sequences, all wanting logits (a server's decode step: each row then equals its
+        sequence decoded alone)."""
+        B, T = step.tokens.shape
+        if B == 1:
+            return step.write_start is not None and (T == 1 or n_out == T <= MAX_TOKENS)
+        return T == 1 and n_out == B <= KERNEL_ROWS and bool(step.valid.all())
 
     def _row_views(self, cache, row: int) -> list[tuple[torch.Tensor, ...]]:
         """Per layer, one cache row's K and V as [Hkv, cells, D] (for writes) and [1, Hkv, cells, D]
@@ -111,48 +115,92 @@ class OneTokenDecode:
             return rms_norm(y, weight, self.c.rms_eps)
         return torch.cat([rms_norm(y[t : t + 1], weight, self.c.rms_eps) for t in range(y.shape[0])])
 
+    def _groups(self, step) -> list[tuple[int, int, int]]:
+        """(cache row, first position, tokens) per sequence of the step, in row order."""
+        B, T = step.tokens.shape
+        if B == 1:
+            return [(step.rows_contiguous[0], step.write_start, T)]
+        rows, positions = step.rows.tolist(), step.positions.view(-1).tolist()
+        return [(r, p, 1) for r, p in zip(rows, positions)]
+
+    def _attend(self, q, k4, v4, p0: int, n: int, mask, local: bool) -> torch.Tensor:
+        """Attention of one sequence's n consecutive queries q [n, H, hd] at positions p0.. over its
+        cache row (k4, v4: [1, Hkv, cells, hd]); mask [1, 1, n, p0 + n] (None: build it)."""
+        c = self.c
+        S = p0 + n
+        first = None
+        if c.any_swa and S > c.n_swa:  # windowed layers: the first cell each row sees
+            first = [max(0, p0 + t - c.n_swa + 1) for t in range(n)]
+        windowed = local and c.any_swa
+        lo = first[0] if windowed and first is not None else 0
+        if mask is None:
+            mask = torch.ones(1, 1, n, S, dtype=torch.bool).tril_(p0)
+        row_first = [f - lo for f in first] if windowed and first is not None else ([0] * n if windowed else None)
+        return self._attention(q, k4.narrow(2, lo, S - lo), v4.narrow(2, lo, S - lo),
+                               mask[..., lo:] if lo else mask, row_first)
+
     def __call__(self, step, cache, hidden: bool, out_index: torch.Tensor | None = None) -> torch.Tensor:
-        """step: T consecutive tokens of one sequence (see `applies`); the rows of the tokens that
-        out_index picks (None: all)."""
+        """step: see `applies`; the rows of the tokens that out_index picks (None: all)."""
         c, m = self.c, self.model
-        pos, row, S = step.write_start, step.rows_contiguous[0], step.n_visible
-        T = step.tokens.shape[1]
+        groups = self._groups(step)
+        R = step.tokens.numel()
         H, HKV, hd, n_ff, eps, rs = c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.rms_eps, c.residual_scale
-        x = m.tok_embd[step.tokens[0]].float()  # [T, D], the float32 residual stream
+        x = m.tok_embd[step.tokens.view(-1)].float()  # [R, D], the float32 residual stream
         if c.embd_scale != 1.0:
             x = x * c.embd_scale
         # RoPE at these positions: the complex form (normal mode) or cos/sin (NeoX), global and local
-        at = slice(pos, pos + T)
+        at = slice(groups[0][1], groups[0][1] + R) if len(groups) == 1 else step.positions.view(-1)
         tables = [(t.cis[at, None],) if t.cis is not None else (t.cos[at, None], t.sin[at, None])
                   for t in (m.rope, m.rope_swa) if t is not None]
-        first = None
-        if c.any_swa and S > c.n_swa:  # windowed layers: the first cell each row sees
-            first = [max(0, pos + t - c.n_swa + 1) for t in range(T)]
-        mask = step.mask
+        one = len(groups) == 1
+        views = self._row_views(cache, groups[0][0]) if one else None
+        mask = step.mask if one else None
+        # many sequences on consecutive cache rows, no window, native-width heads: attention in one call
+        shared = None
+        if not one and step.rows_contiguous is not None and self.native and not c.any_swa:
+            shared = step.rows_contiguous[0]
         act = m.activation_
-        for (attn_norm, ffn_norm, qkv, wo, gate_up, down, L), (k3, v3, k4, v4), local in zip(
-                self.layers, self._row_views(cache, row), self.local):
+        for li, ((attn_norm, ffn_norm, qkv, wo, gate_up, down, L), local) in enumerate(zip(self.layers, self.local)):
             y = qkv(self._norm(x, attn_norm))
             if L.qkv_bias is not None:
                 y = y + L.qkv_bias
             qk, v = y.split(self.qk_v, 1)
-            qk = qk.reshape(T, H + HKV, hd)
+            qk = qk.reshape(R, H + HKV, hd)
             if L.qk_norm is not None:
                 qk = rms_norm(qk.float(), None, eps).mul_(L.qk_norm).to(torch.bfloat16)
             rope = tables[1] if local else tables[0]
             if c.rope_neox:
                 qk = rope_neox(qk, *rope)
             else:  # adjacent pairs as complex numbers; float32 here, rounded by the cache copy and .to()
-                qk = torch.view_as_real(torch.view_as_complex(qk.float().view(T, H + HKV, hd // 2, 2)) * rope[0])
-            k3[:, pos : pos + T].copy_(qk[:, H:].reshape(T, HKV, hd).transpose(0, 1))  # rounded to bf16 by the copy
-            v3[:, pos : pos + T].copy_(v.reshape(T, HKV, hd).transpose(0, 1))
-            windowed = local and c.any_swa
-            lo = first[0] if windowed and first is not None else 0
-            keys, values = k4.narrow(2, lo, S - lo), v4.narrow(2, lo, S - lo)
-            row_first = [f - lo for f in first] if windowed and first is not None else ([0] * T if windowed else None)
-            a = self._attention(qk[:, :H].to(torch.bfloat16).reshape(T, H, hd), keys, values,
-                                mask[..., lo:] if lo else mask, row_first)
-            a = wo(a)
+                qk = torch.view_as_real(torch.view_as_complex(qk.float().view(R, H + HKV, hd // 2, 2)) * rope[0])
+            q = qk[:, :H].to(torch.bfloat16).reshape(R, H, hd)
+            if shared is not None:  # one call for every sequence (rows independent under the step's mask)
+                r0 = shared
+                kk, vv = cache.k[li], cache.v[li]
+                for i, (row, p0, n) in enumerate(groups):
+                    kk[row, :, p0].copy_(qk[i, H:].view(HKV, hd))
+                    vv[row, :, p0].copy_(v[i].view(HKV, hd))
+                out = native.attention(q.unsqueeze(2), kk[r0 : r0 + R, :, : step.n_visible],
+                                       vv[r0 : r0 + R, :, : step.n_visible], step.mask, c.query_scale)
+                if out is not None:
+                    a = wo(out.view(R, -1))
+                    x.add_(a if L.post_attn_norm is None else self._rows_norm(a.float(), L.post_attn_norm), alpha=rs)
+                    g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)
+                    f = down(act(g).mul_(u))
+                    x.add_(f if L.post_ffn_norm is None else self._rows_norm(f.float(), L.post_ffn_norm), alpha=rs)
+                    continue
+            parts = []
+            for i, (row, p0, n) in enumerate(groups):
+                if one:
+                    k3, v3, k4, v4 = views[li]
+                else:
+                    k4, v4 = cache.k[li][row : row + 1], cache.v[li][row : row + 1]
+                    k3, v3 = k4[0], v4[0]
+                r = slice(i, i + n) if not one else slice(0, n)
+                k3[:, p0 : p0 + n].copy_(qk[r, H:].reshape(n, HKV, hd).transpose(0, 1))  # rounded to bf16 by the copy
+                v3[:, p0 : p0 + n].copy_(v[r].reshape(n, HKV, hd).transpose(0, 1))
+                parts.append(self._attend(q[r], k4, v4, p0, n, mask, local))
+            a = wo(parts[0] if one else torch.cat(parts))
             x.add_(a if L.post_attn_norm is None else self._rows_norm(a.float(), L.post_attn_norm), alpha=rs)
             g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)
             f = down(act(g).mul_(u))
