@@ -2,7 +2,8 @@
 
 Every decoder runs the eager batched forward (decoder.py), which serves any batch.  Faster paths
 declare what they can serve and the engine takes them where they apply:
-- `cpu one-token` (one_token.py): one token of one sequence, CPU bf16 with one-row kernels;
+- `cpu one-token` (one_token.py): one token of one sequence (or a checking forward of up to 64, or
+  one token of each of up to 16 sequences, each row as that sequence alone), CPU bf16 with one-row kernels;
 - `cuda triton step` (kernels/decoder_step.py): plain decode batches on CUDA, replayed from CUDA graphs;
 - `cuda graph` of the eager forward: other decode batches and repeated prefill layouts on CUDA.
 Each declares `unsupported(model) -> reason | None`; `--verbose` prints the choice per phase.

@@ -327,7 +327,8 @@ class Scheduler:
         Prompts get batches of their own, and decode batches stay within the few-row kernels, because
         a row's numbers must not depend on its neighbours: more rows than DECODE_ROWS take the dense
         GEMM path, whose rounding differs from the matrix-vector kernels', and a greedy answer would
-        change with the load on the server."""
+        change with the load on the server.  (On the CPU such a step takes the one-token path, which
+        computes each row as its sequence alone, bit for bit; see models/one_token.py.)"""
         out = []
         generating = [s for s in self.slots if s.busy and s.next_token is not None]
         plain = []
