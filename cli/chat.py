@@ -82,8 +82,9 @@ def echo_user(text: str, tty: bool) -> None:
         log(f"> {text}")
 
 
-def run_chat(session, first: str | None, single_turn: bool) -> int:
-    """The conversation loop; returns the exit status (130 after a second Ctrl-C, as llama.cpp)."""
+def run_chat(session, first: str | None, single_turn: bool, show_text: bool = True) -> int:
+    """The conversation loop; returns the exit status (130 after a second Ctrl-C, as llama.cpp).
+    show_text False: the replies are not written (the lens's live view shows them)."""
     from llamatorch.core.chat_session import ContextFull
 
     state = _State()
@@ -119,8 +120,9 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
             state.generating = True
 
             def write(piece: str) -> None:
-                out.write(piece)
-                out.flush()
+                if show_text:
+                    out.write(piece)
+                    out.flush()
 
             try:
                 reply = session.reply(text, write, lambda: state.interrupted)
@@ -152,9 +154,28 @@ def run_chat(session, first: str | None, single_turn: bool) -> int:
     return status
 
 
+class VerbosePrompt:
+    """--verbose-prompt in chat mode: each turn's new tokens, as llama-completion prints them."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def begin(self, ids, text, spans, n_cached, seconds) -> None:
+        from .generate import print_prompt_tokens
+
+        print_prompt_tokens(self.tokenizer, ids[n_cached:], None)
+
+    def shown(self, token, seconds) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
 def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, single_turn: bool, n_predict: int,
-              n_batch: int, speculation=None, prompt_cache=None):
-    """Run the conversation for `llamatorch cli`; returns (exit status, generation stats)."""
+              n_batch: int, speculation=None, prompt_cache=None, lens=None, verbose_prompt: bool = False):
+    """Run the conversation for `llamatorch cli`; returns (exit status, generation stats).
+    lens: a lens_view.LensFront watching each turn."""
     from llamatorch.core.chat_session import ChatSession
 
     log(f"cli: model {engine.file.path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
@@ -164,8 +185,13 @@ def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, sing
     log("chat: template example:\n" + tmpl.example())
     session = ChatSession(engine, tmpl, sampler, n_predict=n_predict, n_batch=n_batch, system=system,
                           speculation=speculation)
+    if verbose_prompt:
+        session.watchers.append(VerbosePrompt(engine.tokenizer))
+    if lens is not None:
+        session.watchers.append(lens)
+    show_text = lens is None or lens.view is None
     if prompt_cache is None:
-        return run_chat(session, first, single_turn), session.stats
+        return run_chat(session, first, single_turn, show_text), session.stats
     # the saved conversation's cells; the first turn reuses what its prompt shares with them
     n = prompt_cache.load(engine, session.seq, None)
     if n:
@@ -173,6 +199,6 @@ def chat_main(engine, sampler, tmpl, first: str | None, system: str | None, sing
 
         session.cached = read_tokens(prompt_cache.path)[:n]
     session.on_prompt = lambda ids: prompt_cache.prompt_done(engine, session.seq, ids)
-    status = run_chat(session, first, single_turn)
+    status = run_chat(session, first, single_turn, show_text)
     prompt_cache.finished(engine, session.seq, session.cached)
     return status, session.stats

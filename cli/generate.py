@@ -60,6 +60,10 @@ def command(
     prompt_cache: Annotated[Optional[str], typer.Option("--prompt-cache", help="file to cache the prompt's state in (reused by later runs sharing its start)")] = None,
     prompt_cache_all: Annotated[bool, typer.Option("--prompt-cache-all", help="with --prompt-cache: save the generated tokens too")] = False,
     prompt_cache_ro: Annotated[bool, typer.Option("--prompt-cache-ro", help="with --prompt-cache: use the file, never update it")] = False,
+    lens: Annotated[bool, typer.Option("--lens", help="show generation live: prompt tokens, each step's candidates before/after sampling, KV cells, timings (on a terminal)")] = False,
+    n_probs: Annotated[int, typer.Option("--n-probs", help="with --lens / --lens-out: candidates shown per step")] = 5,
+    lens_out: Annotated[Optional[str], typer.Option("--lens-out", help="write the lens's per-token records to FILE.jsonl")] = None,
+    verbose_prompt: Annotated[bool, typer.Option("--verbose-prompt", help="print the prompt's tokens (id -> piece) on stderr")] = False,
 ) -> None:
     """Generate text from a prompt (llama-completion)."""
     from llamatorch.core.errors import LlamatorchError
@@ -77,6 +81,10 @@ def command(
         raise LlamatorchError("-b must be >= 1")
     if (prompt_cache_all or prompt_cache_ro) and not prompt_cache:
         raise LlamatorchError("--prompt-cache-all and --prompt-cache-ro need --prompt-cache FILE")
+    if not 1 <= n_probs <= 100:
+        raise LlamatorchError(f"--n-probs {n_probs}: give 1 to 100 candidates")
+    if (lens or lens_out) and (model_draft or spec_type not in (None, "none")):
+        raise LlamatorchError("--lens and --lens-out do not combine with speculative decoding")
 
     import sys
     import time
@@ -126,17 +134,29 @@ def command(
         from llamatorch.core.prompt_state import PromptCache
 
         cache_file = PromptCache(prompt_cache, prompt_cache_all, prompt_cache_ro, log=log)
+    watch = _lens_front(engine, sampler, lens, n_probs, lens_out)
     if tmpl is not None:
         from .chat import chat_main
 
-        status, stats = chat_main(engine, sampler, tmpl, first=text or None, system=system_prompt,
-                                  single_turn=single_turn, n_predict=n_predict, n_batch=batch_size, speculation=spec,
-                                  prompt_cache=cache_file)
+        ok = False
+        try:
+            status, stats = chat_main(engine, sampler, tmpl, first=text or None, system=system_prompt,
+                                      single_turn=single_turn, n_predict=n_predict, n_batch=batch_size,
+                                      speculation=spec, prompt_cache=cache_file, lens=watch,
+                                      verbose_prompt=verbose_prompt)
+            ok = True
+        finally:
+            if watch is not None:
+                watch.close(ok)
         _perf(engine.load_seconds, stats, time.perf_counter() - t_start, spec)
         raise typer.Exit(status)
     if text is None or text == "":
         raise LlamatorchError("the prompt is empty: give -p TEXT or -f FILE (or -cnv to chat)")
+    t_tok = time.perf_counter()
     ids = tok.encode(text, add_special=True, parse_special=True)
+    t_tok = time.perf_counter() - t_tok
+    if verbose_prompt:
+        print_prompt_tokens(tok, ids, text)
     check_prompt_fits(len(ids), engine.n_ctx)
     log(f"cli: model {path.name} ({engine.file.architecture}), n_ctx {engine.n_ctx}, dtype "
         f"{str(engine.dtype).removeprefix('torch.')}, device {engine.device}, threads {engine.n_threads}, "
@@ -144,8 +164,9 @@ def command(
     log(f"cli: sampler seed {sampler.seed}")
     from llamatorch.core.tokenizer import StreamDecoder
 
+    live = watch is not None and watch.view is not None  # the live view shows the text itself
     out = sys.stdout
-    if not no_display_prompt:
+    if not no_display_prompt and not live:
         out.write(text)
         out.flush()
     stream = StreamDecoder(tok)
@@ -154,18 +175,30 @@ def command(
     n_keep = cache_file.load(engine, 0, ids) if cache_file is not None else 0
     for t in ids[:n_keep]:  # (the penalties see the whole prompt, as without the cache)
         sampler.accept(t)
-    for token in generate(engine, ids[n_keep:], n_predict, sampler, n_batch=batch_size, stats=stats,
-                          speculation=spec, start=n_keep, context=ids[:n_keep]):
-        if cache_file is not None and not generated:
-            cache_file.prompt_done(engine, 0, ids)
-        generated.append(token)
-        piece = stream.feed(token)
-        if piece:
-            out.write(piece)
-            out.flush()
-    out.write(stream.flush())
-    out.write("\n")
-    out.flush()
+    if watch is not None:
+        watch.begin(ids, text, [(0, len(text.encode("utf-8")))], n_keep, t_tok)
+    ok = False
+    try:
+        for token in generate(engine, ids[n_keep:], n_predict, sampler, n_batch=batch_size, stats=stats,
+                              speculation=spec, start=n_keep, context=ids[:n_keep]):
+            if cache_file is not None and not generated:
+                cache_file.prompt_done(engine, 0, ids)
+            generated.append(token)
+            t_detok = time.perf_counter()
+            piece = stream.feed(token)
+            if watch is not None:
+                watch.shown(token, time.perf_counter() - t_detok)
+            if piece and not live:
+                out.write(piece)
+                out.flush()
+        ok = True
+    finally:
+        if watch is not None:
+            watch.close(ok)
+    if not live:
+        out.write(stream.flush())
+        out.write("\n")
+        out.flush()
     if cache_file is not None:
         cache_file.prompt_done(engine, 0, ids)  # (when nothing was generated)
         cache_file.finished(engine, 0, ids + generated)
@@ -173,6 +206,30 @@ def command(
         log(f"generated ids: {generated}")
     total = time.perf_counter() - t_start
     _perf(engine.load_seconds, stats, total, spec)
+
+
+def _lens_front(engine, sampler, lens: bool, n_probs: int, lens_out: str | None):
+    """The lens's recorder for --lens / --lens-out (None without them); the live view needs a terminal."""
+    if not lens and not lens_out:
+        return None
+    import sys
+
+    from .lens_view import LensFront
+
+    live = lens and sys.stdout.isatty()
+    if lens and not live:
+        log("lens: stdout is not a terminal: the live view is off" + ("" if lens_out else " (--lens-out FILE keeps the records)"))
+    return LensFront(engine, sampler, n_probs, live, lens_out)
+
+
+def print_prompt_tokens(tok, ids: list[int], text: str | None) -> None:
+    """--verbose-prompt, in llama-completion's words."""
+    if text is not None:
+        log(f"main: prompt: '{text}'")
+    log(f"main: number of tokens in prompt = {len(ids)}")
+    for i in ids:
+        log(f"{i:6d} -> '{tok.token_to_piece(i, special=True).decode('utf-8', errors='replace')}'")
+    log("")
 
 
 def _perf(load_s: float, s, total_s: float, spec=None) -> None:

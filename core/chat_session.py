@@ -9,6 +9,7 @@ prompt stays) and the caller is told.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +50,10 @@ class ChatSession:
     stats: GenStats = field(default_factory=GenStats)
     speculation: object = None  # a speculative.Speculation, or None for plain decoding
     on_prompt: Callable[[list[int]], None] | None = None  # called once a turn's prompt is evaluated
+    # each watches every turn: begin(ids, text, user_spans, n_cached, seconds), shown(token, seconds), finish()
+    # (the lens, --verbose-prompt)
+    watchers: list = field(default_factory=list)
+    rendered: str = ""  # the last prompt the template rendered
 
     def __post_init__(self):
         self.clear()
@@ -59,7 +64,7 @@ class ChatSession:
 
     # --- prompt ------------------------------------------------------------------------------------
     def _tokens(self) -> list[int]:
-        text = self.template.apply(self.messages, add_generation_prompt=True)
+        text = self.rendered = self.template.apply(self.messages, add_generation_prompt=True)
         return self.engine.tokenizer.encode(text, add_special=True, parse_special=True)
 
     def _fit(self) -> tuple[list[int], int]:
@@ -93,13 +98,21 @@ class ChatSession:
     def reply(self, user_text: str, on_text: Callable[[str], None] = lambda s: None,
               should_stop: Callable[[], bool] = lambda: False) -> Reply:
         self.messages.append({"role": "user", "content": user_text})
+        t0 = time.perf_counter()
         ids, dropped = self._fit()
+        tokenize_s = time.perf_counter() - t0
         n_keep = _common_prefix(self.cached, ids)
         if n_keep == len(ids):  # everything cached: re-evaluate the last token to get its logits
             n_keep -= 1
         self.engine.cache.truncate(self.seq, n_keep)
         self.cached = ids[:n_keep]
         new = ids[n_keep:]
+        if self.watchers:
+            from .lens import user_spans_in
+
+            spans = user_spans_in(self.rendered, self.messages)
+            for w in self.watchers:
+                w.begin(ids, self.rendered, spans, n_keep, tokenize_s)
 
         self.sampler.recent.clear()  # llama.cpp resets the sampler at each user turn
         tok = self.engine.tokenizer
@@ -118,13 +131,18 @@ class ChatSession:
                     stop = "interrupted"
                     break
                 out.append(t)
+                t0 = time.perf_counter()
                 piece = stream.feed(t)
+                for w in self.watchers:
+                    w.shown(t, time.perf_counter() - t0)
                 if piece:
                     parts.append(piece)
                     on_text(piece)
         finally:
             gen.close()
             self._account(turn)
+            for w in self.watchers:
+                w.finish()
         tail = stream.flush()
         if tail:
             parts.append(tail)

@@ -8,6 +8,7 @@ candidates.  temp <= 0 keeps only the best candidate (greedy), as llama.cpp's te
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ class Sampler:
         self.p = params
         self.n_vocab = n_vocab
         self.constraint = constraint
+        # observer(logits, ids, probs, trace, token, seconds): called after each sample() (core/lens.py)
+        self.observer = None
         self.generator = torch.Generator()
         seed = params.seed
         if seed is None or seed < 0:
@@ -66,17 +69,29 @@ class Sampler:
     def sample(self, logits: torch.Tensor) -> int:
         """logits: [n_vocab] float32 (any device), left as they are. Returns the drawn token id (and
         advances the grammar, when there is one, by it)."""
-        token = self.draw(*self.distribution(logits))
+        if self.observer is None:
+            token = self.draw(*self.distribution(logits))
+        else:  # the lens: the same chain, with what each stage kept and the time it took
+            trace: list[tuple[str, torch.Tensor]] = []
+            t0 = time.perf_counter()
+            ids, probs = self.distribution(logits, trace)
+            token = self.draw(ids, probs)
+            self.observer(logits, ids, probs, trace, token, time.perf_counter() - t0)
         if self.constraint is not None:
             self.constraint.consume(token)
         return token
 
-    def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, logits: torch.Tensor, trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The distribution the chain draws from: (ids, probs) on the host, best first.  Greedy gives
-        one id with probability 1.  The grammar's mask applies, its state does not move."""
+        one id with probability 1.  The grammar's mask applies, its state does not move.
+
+        trace: a list that gets (stage name, ids the stage kept) after each stage that ran; the grammar
+        stage keeps the masked logits instead of ids (all the vocabulary's, -inf where masked)."""
         if self.constraint is not None:
             logits = self.constraint.mask_(logits.float().clone())
-        return self._chain(logits)
+            if trace is not None:
+                trace.append(("grammar", logits))
+        return self._chain(logits, trace)
 
     def draw(self, ids: torch.Tensor, probs: torch.Tensor) -> int:
         """One token from a distribution() (greedy consumes no random numbers)."""
@@ -88,20 +103,27 @@ class Sampler:
         """A number in [0, 1) from this sampler's generator (speculative decoding's acceptance test)."""
         return float(torch.rand(1, generator=self.generator))
 
-    def _chain(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chain(self, logits: torch.Tensor, trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The chain on logits.  The vocabulary-wide stages (penalties, greedy argmax, top-k) run where the
         logits are; only the k candidates come to the host (on a GPU, 40 values instead of the whole
         vocabulary)."""
         p = self.p
         logits = self._penalize(logits.float())
         if p.temp <= 0:
-            return torch.argmax(logits).cpu().view(1), torch.ones(1)
+            best = torch.argmax(logits).cpu().view(1)
+            if trace is not None:
+                trace.append(("greedy", best))
+            return best, torch.ones(1)
         k = p.top_k if 0 < p.top_k < logits.numel() else logits.numel()
         vals, ids = torch.topk(logits, k)  # sorted, descending
         vals, ids = vals.cpu(), ids.cpu()
+        if trace is not None:
+            trace.append(("top_k", ids))
         keep = max(p.min_keep, 1)
         if p.typical_p < 1.0:
             vals, ids = _typical(vals, ids, p.typical_p, keep)
+            if trace is not None:
+                trace.append(("typical", ids))
         if p.top_p < 1.0:
             probs = torch.softmax(vals, -1)
             cum = torch.cumsum(probs, -1)
@@ -109,10 +131,14 @@ class Sampler:
             n = int(torch.searchsorted(cum, torch.tensor([p.top_p]), right=False)[0]) + 1
             n = max(min(n, vals.numel()), keep)
             vals, ids = vals[:n], ids[:n]
+            if trace is not None:
+                trace.append(("top_p", ids))
         if p.min_p > 0.0:
             threshold = vals[0] + math.log(p.min_p)
             n = max(int((vals >= threshold).sum()), keep)
             vals, ids = vals[:n], ids[:n]
+            if trace is not None:
+                trace.append(("min_p", ids))
         return ids, torch.softmax(vals / p.temp, -1)
 
 

@@ -1,35 +1,10 @@
-"""Token log-probabilities of generated tokens, and their three JSON shapes.
-
-As llama-server computes them by default (no `post_sampling_probs`): the log-softmax of the model's raw
-logits, before any sampler touches them, so they do not depend on temperature or top-k.  One
-`TokenProb` per generated token: its own log-probability and the `n` most likely tokens at that step.
-"""
+"""The three JSON shapes of generated tokens' log-probabilities (core/token_probs.py computes them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
+from ..token_probs import TokenProb
 
 MAX_TOP = 20  # OpenAI's limit for top_logprobs
-
-
-@dataclass
-class TokenProb:
-    id: int
-    piece: bytes
-    logprob: float
-    top: list[tuple[int, bytes, float]]  # (id, piece, logprob), most likely first
-
-
-def token_prob(logits: torch.Tensor, token: int, n_top: int, piece) -> TokenProb:
-    """`piece(id) -> bytes` gives a token's text (special tokens included, as llama-server shows them)."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    top = []
-    if n_top > 0:
-        vals, ids = lp.topk(min(n_top, lp.numel()))
-        top = [(int(i), piece(int(i)), float(v)) for v, i in zip(vals.tolist(), ids.tolist())]
-    return TokenProb(token, piece(token), float(lp[token]), top)
 
 
 def _text(b: bytes) -> str:

@@ -33,7 +33,7 @@ from ..sampling import Sampler, SamplerParams
 from ..speculative import Draft, DraftParams, SlotDrafters, accept_or_replace
 from ..tokenizer import StreamDecoder
 from ..weights import INT4_MAX_ROWS
-from .probs import TokenProb, token_prob
+from ..token_probs import TokenProb, token_prob
 
 
 DECODE_ROWS = INT4_MAX_ROWS  # rows the few-row kernels take (see Scheduler._batches)
