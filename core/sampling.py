@@ -69,17 +69,19 @@ class Sampler:
     def sample(self, logits: torch.Tensor) -> int:
         """logits: [n_vocab] float32 (any device), left as they are. Returns the drawn token id (and
         advances the grammar, when there is one, by it)."""
-        if self.observer is None:
-            token = self.draw(*self.distribution(logits))
-        else:  # the lens: the same chain, with what each stage kept and the time it took
-            trace: list[tuple[str, torch.Tensor]] = []
-            t0 = time.perf_counter()
-            ids, probs = self.distribution(logits, trace)
-            token = self.draw(ids, probs)
+        return self.sample_with_distribution(logits)[0]
+
+    def sample_with_distribution(self, logits: torch.Tensor) -> tuple[int, tuple[torch.Tensor, torch.Tensor]]:
+        """sample(), also returning the distribution() drawn from (llama-server's post-sampling probs)."""
+        trace: list[tuple[str, torch.Tensor]] | None = None if self.observer is None else []
+        t0 = time.perf_counter()
+        ids, probs = self.distribution(logits, trace)
+        token = self.draw(ids, probs)
+        if self.observer is not None:  # the lens: what each stage kept and the time it took
             self.observer(logits, ids, probs, trace, token, time.perf_counter() - t0)
         if self.constraint is not None:
             self.constraint.consume(token)
-        return token
+        return token, (ids, probs)
 
     def distribution(self, logits: torch.Tensor, trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The distribution the chain draws from: (ids, probs) on the host, best first.  Greedy gives

@@ -81,6 +81,31 @@ def test_first_token_logprob_matches_the_model(server, smollm2_path):
     assert top_ids[:3] == lp.topk(3).indices.tolist()
 
 
+def test_post_sampling_probs_are_the_sampler_chains(server, smollm2_path):
+    """llama-server's post_sampling_probs: `prob` / `top_probs` from the distribution the chain drew from
+    (the lens's "after sampling" numbers), summing to 1 when n_probs covers every kept candidate."""
+    import torch
+
+    from llamatorch.core.engine import Batch, Engine
+    from llamatorch.core.sampling import Sampler, SamplerParams
+
+    ids = server.post("/tokenize", {"content": "The capital of France is", "add_special": True}).json()["tokens"]
+    body = server.post("/completion", {"prompt": ids, "n_predict": 3, "temperature": 0.8, "seed": 11, "n_probs": 20,
+                                       "post_sampling_probs": True, "cache_prompt": False}).json()
+    probs = body["completion_probabilities"]
+    assert len(probs) == 3 and all("prob" in p and "top_probs" in p and "logprob" not in p for p in probs)
+    for p in probs:
+        top = {t["id"]: t["prob"] for t in p["top_probs"]}
+        assert sum(top.values()) == pytest.approx(1.0, abs=1e-4) and p["prob"] == pytest.approx(top[p["id"]])
+    engine = Engine(smollm2_path, n_ctx=256, threads=2)
+    with torch.inference_mode():
+        logits = engine.decode(Batch.sequence(ids))[-1].float()
+    chain_ids, chain_probs = Sampler(SamplerParams(temp=0.8), engine.n_vocab).distribution(logits)
+    first = {t["id"]: t["prob"] for t in probs[0]["top_probs"]}
+    assert list(first) == chain_ids.tolist()
+    assert list(first.values()) == pytest.approx(chain_probs.tolist(), abs=3e-3)
+
+
 def test_legacy_completion_logprobs(server):
     out = server.client().completions.create(model="x", prompt="One, two, three,", temperature=0, max_tokens=6,
                                              logprobs=2)

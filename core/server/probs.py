@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..token_probs import TokenProb
 
 MAX_TOP = 20  # OpenAI's limit for top_logprobs
@@ -30,7 +32,14 @@ def completion_logprobs(probs: list[TokenProb], text_offset: int = 0) -> dict:
 
 
 def native_probs(probs: list[TokenProb]) -> list[dict]:
-    """llama-server's /completion `completion_probabilities`."""
-    return [{"id": p.id, "token": _text(p.piece), "logprob": p.logprob, "bytes": list(p.piece),
-             "top_logprobs": [{"id": i, "token": _text(b), "logprob": lp, "bytes": list(b)} for i, b, lp in p.top]}
-            for p in probs]
+    """llama-server's /completion `completion_probabilities` (`prob` / `top_probs` for post-sampling ones)."""
+    out = []
+    for p in probs:
+        value, top = ("prob", "top_probs") if p.post_sampling else ("logprob", "top_logprobs")
+
+        def num(lp: float) -> float:
+            return math.exp(lp) if p.post_sampling else lp
+
+        out.append({"id": p.id, "token": _text(p.piece), value: num(p.logprob), "bytes": list(p.piece),
+                    top: [{"id": i, "token": _text(b), value: num(lp), "bytes": list(b)} for i, b, lp in p.top]})
+    return out

@@ -33,7 +33,7 @@ from ..sampling import Sampler, SamplerParams
 from ..speculative import Draft, DraftParams, SlotDrafters, accept_or_replace
 from ..tokenizer import StreamDecoder
 from ..weights import INT4_MAX_ROWS
-from ..token_probs import TokenProb, token_prob
+from ..token_probs import TokenProb, post_sampling_prob, token_prob
 
 
 DECODE_ROWS = INT4_MAX_ROWS  # rows the few-row kernels take (see Scheduler._batches)
@@ -74,6 +74,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     cache_prompt: bool = True
     n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
+    post_sampling_probs: bool = False  # the probabilities after the sampler chain, not the model's
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's ignore_eos)
     grammar: str | None = None  # a compiled llguidance grammar the output must follow (grammar.py)
     speculative: tuple[str, DraftParams] | None = None  # ("draft" | "ngram", limits): drafts checked per step
@@ -394,7 +395,7 @@ class Scheduler:
             if s.sampler.constraint is not None:
                 s.sampler.constraint.consume(token)
             s.sampler.accept(token)
-            if not self._emit(s, token, raw):
+            if not self._emit(s, token, raw, dist):
                 break
             if not kept:
                 s.next_token = token
@@ -422,13 +423,14 @@ class Scheduler:
     def _sampled(self, s: Slot, logits: torch.Tensor) -> None:
         self._advance(s)
         raw = logits  # log-probabilities come from the model's logits, before any bias
-        token = s.sampler.sample(self._masked(s, logits))
+        token, dist = s.sampler.sample_with_distribution(self._masked(s, logits))
         s.sampler.accept(token)
-        if self._emit(s, token, raw):
+        if self._emit(s, token, raw, dist):
             s.next_token = token
 
-    def _emit(self, s: Slot, token: int, raw: torch.Tensor) -> bool:
-        """A sampled token into the answer (text, stop strings, limits, events); False when the job ended."""
+    def _emit(self, s: Slot, token: int, raw: torch.Tensor, dist=None) -> bool:
+        """A sampled token into the answer (text, stop strings, limits, events); False when the job ended.
+        dist: the (ids, probs) the sampler drew it from."""
         job = s.job
         if self.tokenizer.is_eog(token):
             self._finish(s, "stop")
@@ -436,7 +438,9 @@ class Scheduler:
         s.generated.append(token)
         self.n_predicted_total += 1
         if job.n_probs is not None:
-            s.probs.append(token_prob(raw, token, job.n_probs, self.tokenizer.token_to_piece))
+            piece = self.tokenizer.token_to_piece
+            s.probs.append(post_sampling_prob(*dist, token, job.n_probs, piece) if job.post_sampling_probs
+                           else token_prob(raw, token, job.n_probs, piece))
         s.starts.append(len(s.text))
         s.text += s.decoder.feed(token)
         for stop in job.stop:

@@ -159,6 +159,7 @@ class CompletionRequest(Sampling):
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP)  # OpenAI: top entries per token
     n_probs: int = Field(0, ge=0, le=MAX_TOP)  # llama-server's /completion
+    post_sampling_probs: bool = False  # llama-server: n_probs after the sampler chain (prob / top_probs)
 
     def openai_probs(self) -> Optional[int]:
         return self.logprobs
