@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "bench",
     "tokenize",
     "download",
+    "inspect",
     "convert",
     "quantize",
     "perplexity",
