@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "inspect",
     "convert",
     "quantize",
+    "quant_sweep",
     "perplexity",
     "batched_bench",
     "embedding",

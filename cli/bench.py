@@ -54,7 +54,7 @@ def command(
     if any(n < 0 for n in pps + tgs):
         raise LlamatorchError("-p and -n take non-negative sizes")
 
-    from llamatorch.core.benchmark import bench, model_description, model_size
+    from llamatorch.core.benchmark import bench, bench_ctx, model_description, model_size
     from llamatorch.core.engine import Engine
     from llamatorch.core.hub import resolve_model
 
@@ -63,7 +63,7 @@ def command(
     for m in model:
         path = resolve_model(m)
         for nt in thread_list:
-            n_ctx = max(pps + tgs + [1]) + 1
+            n_ctx = bench_ctx(pps, tgs)
             engine = Engine(path, n_ctx=n_ctx, dtype=dtype, device=device, threads=nt)
             log_paths(engine, verbose)
             size, n_params = model_size(engine)

@@ -143,10 +143,9 @@ def _first_pass_logger(name: str, n_chunk: int, n_seq: int):
 def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_base) -> None:
     import time
 
-    import numpy as np
-
     from llamatorch.core.errors import LlamatorchError
-    from llamatorch.core.perplexity import batch_shape, perplexity, plan_chunks, read_text
+    from llamatorch.core.perplexity import (base_dtype, batch_shape, chunk_bos, perplexity, plan_chunks, read_text,
+                                            tokenize_text)
 
     text = read_text(file)
     if text.replaced:
@@ -157,16 +156,14 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
     _warn_ctx_train(gguf, n_ctx)
     log("perplexity: tokenizing the input ..")
     t0 = time.perf_counter()
-    tokens = np.asarray(tok.encode(text.text, add_special=True, parse_special=False), dtype=np.int64)
+    tokens = tokenize_text(tok, text.text)
     log(f"perplexity: tokenization took {1000 * (time.perf_counter() - t0):g} ms")
     n_chunk = plan_chunks(len(tokens), n_ctx, chunks)
     if n_chunk < 1:
         raise LlamatorchError("--chunks must be at least 1 (or -1 for all)")
     n_seq, n_batch = batch_shape(n_ctx, n_batch)
     if kl_base is not None and dtype == "auto":
-        # a base file is the yardstick other models are measured against: exact float math
-        # (bf16 activations move the stored log-probs by up to ~0.2 nats on SmolLM2's F16 copy)
-        dtype = "f32"
+        dtype = base_dtype(dtype)  # exact float math for the yardstick
         log("perplexity: writing a KL-divergence base: --dtype auto means f32 here")
     engine = _load_engine(path, n_ctx, n_seq, threads, dtype, device)
     writer = None
@@ -182,7 +179,7 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
         out.write(f"[{c + 1}]{ppl:.4f},")
         out.advance(f"PPL {ppl:.4f}")
 
-    bos = tok.bos_id if tok.add_bos else None
+    bos = chunk_bos(tok)
     try:
         res = perplexity(engine, tokens, n_ctx, n_chunk, n_batch, bos, on_chunk=on_chunk,
                          on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer)

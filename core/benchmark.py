@@ -70,6 +70,11 @@ def run_gen(engine: Engine, n_gen: int, rng: np.random.Generator) -> None:
         _sync(engine)
 
 
+def bench_ctx(n_prompts: list[int], n_gens: list[int]) -> int:
+    """The context llama-bench's tests get: room for the longest test, plus one."""
+    return max(list(n_prompts) + list(n_gens) + [1]) + 1
+
+
 def bench(engine: Engine, n_prompt: int, n_gen: int, reps: int, n_batch: int, warmup: bool = True) -> BenchResult:
     """One llama-bench test: warm-up, then `reps` timed runs from an empty cache."""
     rng = np.random.default_rng(0)

@@ -50,6 +50,23 @@ def read_text(path: str | Path) -> TextInput:
     return TextInput(text, len(data), replaced)
 
 
+def tokenize_text(tok, text: str) -> np.ndarray:
+    """The text as llama-perplexity tokenizes it: the model's BOS added, special tokens not parsed."""
+    return np.asarray(tok.encode(text, add_special=True, parse_special=False), dtype=np.int64)
+
+
+def chunk_bos(tok) -> int | None:
+    """The token that replaces each chunk's first one (None: the model adds no BOS)."""
+    return tok.bos_id if tok.add_bos else None
+
+
+def base_dtype(dtype: str) -> str:
+    """The dtype a KL-divergence base is computed in: it is the yardstick other models are measured
+    against, so --dtype auto means exact float math (bf16 activations move the stored log-probs by
+    up to ~0.2 nats on SmolLM2's F16 copy)."""
+    return "f32" if dtype == "auto" else dtype
+
+
 def batch_shape(n_ctx: int, n_batch: int) -> tuple[int, int]:
     """(n_seq, n_batch) as llama-perplexity settles them: n_seq = max(1, n_batch / n_ctx) chunks per
     forward, and n_batch clamped to n_seq * n_ctx (so it is below n_ctx or a multiple of it)."""
@@ -175,7 +192,8 @@ def perplexity(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batch: in
                on_first_pass: Callable[[float], None] | None = None,
                writer=None) -> PerplexityResult:
     """Run the evaluation; `on_chunk(index, cumulative_ppl)` after each chunk, `on_first_pass(seconds)`
-    after the first group, `writer` (a kl_base.BaseWriter) receives each chunk's scored logits."""
+    after the first group, `writer` (a kl_base.BaseWriter, or anything with `write_chunk(logits)`)
+    receives each chunk's scored logits, in order."""
     res = PerplexityResult(n_chunk)
     first = n_ctx // 2
     nll = nll2 = 0.0
