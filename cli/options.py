@@ -13,6 +13,10 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 CtxSize = Annotated[int, typer.Option("-c", "--ctx-size", help="context size (0 = the model's training context)")]
 BatchSize = Annotated[int, typer.Option("-b", "--batch-size", help="logical batch size for prompt processing")]
 Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (-1 = random)")]
+# perplexity's chunking (perplexity and quant-sweep: same flags, same defaults, same numbers)
+ChunkCtx = Annotated[int, typer.Option("-c", "--ctx-size", help="tokens per perplexity chunk")]
+ChunkBatch = Annotated[int, typer.Option("-b", "--batch-size", help="tokens per forward (n_batch/n_ctx chunks at once)")]
+Chunks = Annotated[int, typer.Option("--chunks", help="max chunks to evaluate (-1 = all)")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="log which execution path serves each phase")]
 
 # speculative decoding (llama.cpp's flags, old and new spellings)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Device, Dtype, Model, Threads, log
+from .options import ChunkBatch, ChunkCtx, Chunks, Device, Dtype, Model, Threads, log
 
 NAME = "perplexity"
 
@@ -19,9 +19,9 @@ NAME = "perplexity"
 def command(
     model: Model = "smollm2",
     file: Annotated[Optional[str], typer.Option("-f", "--file", help="text to evaluate")] = None,
-    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="tokens per chunk")] = 512,
-    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="tokens per forward (n_batch/n_ctx chunks at once)")] = 2048,
-    chunks: Annotated[int, typer.Option("--chunks", help="max chunks to evaluate (-1 = all)")] = -1,
+    ctx_size: ChunkCtx = 512,
+    batch_size: ChunkBatch = 2048,
+    chunks: Chunks = -1,
     threads: Threads = None,
     dtype: Dtype = "auto",
     device: Device = "cpu",

@@ -13,7 +13,7 @@ import typer
 
 from llamatorch.quantize.sweep import DEFAULT_TYPES
 
-from .options import Device, Dtype, Threads, log
+from .options import ChunkBatch, ChunkCtx, Chunks, Device, Dtype, Threads, log
 
 NAME = "quant-sweep"
 
@@ -25,9 +25,9 @@ def command(
     out_dir: Annotated[Optional[str], typer.Option(
         "-o", "--out-dir", help="quantized files, the KL base and sweep.csv/jsonl/png (default: STEM-sweep/ beside "
         "the model, STEM being its name without .gguf and a -f16/-bf16/-f32 ending)")] = None,
-    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="tokens per perplexity chunk")] = 512,
-    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="tokens per forward")] = 2048,
-    chunks: Annotated[int, typer.Option("--chunks", help="max chunks to evaluate (-1 = all)")] = -1,
+    ctx_size: ChunkCtx = 512,
+    batch_size: ChunkBatch = 2048,
+    chunks: Chunks = -1,
     threads: Threads = None,
     dtype: Dtype = "auto",
     device: Device = "cpu",
