@@ -6,7 +6,7 @@ from typing import Annotated, List
 
 import typer
 
-from .options import Device, Dtype, Model, Threads, Verbose, log, log_paths
+from .options import Device, Dtype, Model, TensorParallel, Threads, Verbose, log, log_paths, start_parallel
 
 NAME = "batched-bench"
 
@@ -43,6 +43,7 @@ def command(
     dtype: Dtype = "auto",
     device: Device = "cpu",
     verbose: Verbose = False,
+    tp: TensorParallel = 1,
 ) -> None:
     """Benchmark batched decoding (llama-batched-bench)."""
     from llamatorch.core.errors import LlamatorchError
@@ -74,6 +75,7 @@ def command(
     # one cache row per sequence, as long as the longest sequence that will run (not n_kv_max each)
     n_ctx = max([pp + tg for pp, tg, _, _ in combos] + [16])
     n_seq = max(n_pl)
+    start_parallel(tp)
     engine = Engine(path, n_ctx=n_ctx, n_seq=n_seq, dtype=dtype, device=device, threads=threads)
     log_paths(engine, verbose)
     log(f"batched-bench: {path.name}, {engine.device.type} {str(engine.dtype).removeprefix('torch.')}, "

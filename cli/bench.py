@@ -6,7 +6,7 @@ from typing import Annotated, List
 
 import typer
 
-from .options import Device, Dtype, Verbose, log, log_paths
+from .options import Device, Dtype, TensorParallel, Verbose, log, log_paths, start_parallel
 
 NAME = "bench"
 
@@ -35,6 +35,7 @@ def command(
     dtype: Dtype = "auto",
     device: Device = "cpu",
     verbose: Verbose = False,
+    tp: TensorParallel = 1,
     no_warmup: Annotated[bool, typer.Option("--no-warmup")] = False,
 ) -> None:
     """Measure prompt processing and generation speed (llama-bench)."""
@@ -58,6 +59,7 @@ def command(
     from llamatorch.core.engine import Engine
     from llamatorch.core.hub import resolve_model
 
+    start_parallel(tp)
     rows = []
     md_header_done = False
     for m in model:

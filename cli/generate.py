@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from .options import (BatchSize, CtxSize, Device, DraftMax, DraftMin, DraftModel, DraftPMin, Dtype, Model, NgramM,
-                      NgramN, Seed, SpecType, Threads, Verbose, log, log_paths, read_prompt)
+                      NgramN, Seed, SpecType, TensorParallel, Threads, Verbose, log, log_paths, read_prompt,
+                      start_parallel)
 
 NAME = "cli"
 
@@ -37,6 +38,7 @@ def command(
     dtype: Dtype = "auto",
     device: Device = "cpu",
     verbose: Verbose = False,
+    tp: TensorParallel = 1,
     conversation: Annotated[bool, typer.Option("-cnv", "--conversation", help="chat mode")] = False,
     no_conversation: Annotated[bool, typer.Option("-no-cnv", "--no-conversation", help="plain completion")] = False,
     no_display_prompt: Annotated[bool, typer.Option("--no-display-prompt", help="don't echo the prompt")] = False,
@@ -117,6 +119,9 @@ def command(
             tmpl = resolve_template(gf.metadata, Tokenizer.from_metadata(gf.metadata), gf.architecture,
                                     chat_template, chat_template_file, log=log, use_jinja=jinja)
         del gf
+    if prompt_cache and tp > 1:
+        raise LlamatorchError("--prompt-cache does not combine with --tp (each rank holds a slice of the cache)")
+    start_parallel(tp)
     engine = Engine(path, n_ctx=ctx_size, dtype=dtype, device=device, threads=threads)
     log_paths(engine, verbose)
     tok = engine.tokenizer

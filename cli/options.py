@@ -17,6 +17,9 @@ Seed = Annotated[int, typer.Option("-s", "--seed", help="RNG seed (-1 = random)"
 ChunkCtx = Annotated[int, typer.Option("-c", "--ctx-size", help="tokens per perplexity chunk")]
 ChunkBatch = Annotated[int, typer.Option("-b", "--batch-size", help="tokens per forward (n_batch/n_ctx chunks at once)")]
 Chunks = Annotated[int, typer.Option("--chunks", help="max chunks to evaluate (-1 = all)")]
+# several processes (torch.distributed): tensor parallelism for every engine command, data parallelism for perplexity
+TensorParallel = Annotated[int, typer.Option(
+    "--tp", "--tensor-parallel", help="split the model over N processes (under torchrun: its processes)")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="log which execution path serves each phase")]
 
 # speculative decoding (llama.cpp's flags, old and new spellings)
@@ -48,6 +51,18 @@ def read_prompt(prompt: str | None, file: str | None) -> str | None:
             raise LlamatorchError(f"prompt file not found: {file}")
         return path.read_bytes().decode("utf-8", errors="replace")
     return prompt
+
+
+def start_parallel(tp: int, dp: int = 1) -> None:
+    """Become rank 0 of a run of --tp N (or --dp N) processes, or join torchrun's run (whose other
+    ranks serve rank 0 from here on and never return)."""
+    from llamatorch.core.errors import LlamatorchError
+    from llamatorch.core.parallel.launch import start, under_torchrun
+
+    if tp > 1 and dp > 1:
+        raise LlamatorchError("give either --tp or --dp, not both")
+    if tp > 1 or dp > 1 or under_torchrun():
+        start("dp" if dp > 1 else "tp", dp if dp > 1 else tp)
 
 
 def log(msg: str) -> None:

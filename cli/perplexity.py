@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import ChunkBatch, ChunkCtx, Chunks, Device, Dtype, Model, Threads, log
+from .options import ChunkBatch, ChunkCtx, Chunks, Device, Dtype, Model, TensorParallel, Threads, log, start_parallel
 
 NAME = "perplexity"
 
@@ -29,6 +29,9 @@ def command(
         "--kl-divergence-base", help="file of base log-probs: written (with -f), or read (with --kl-divergence)")] = None,
     kl_divergence: Annotated[bool, typer.Option(
         "--kl-divergence", help="compare against --kl-divergence-base (evaluates the tokens stored there)")] = False,
+    tp: TensorParallel = 1,
+    dp: Annotated[int, typer.Option("--dp", "--data-parallel", help="share the chunks out over N processes, "
+                                    "a copy of the model each (same numbers as one process)")] = 1,
 ) -> None:
     """Perplexity of a model on a text, or its KL divergence from a base model (llama-perplexity)."""
     import os
@@ -48,6 +51,9 @@ def command(
     if not kl_divergence and file is None:
         raise LlamatorchError("give the text to evaluate with -f FILE")
 
+    if kl_divergence and dp > 1:
+        raise LlamatorchError("--dp serves perplexity and writing a KL base; --kl-divergence runs in one process or with --tp")
+    start_parallel(tp, dp)
     if kl_divergence:
         _run_kl(model, kl_base, ctx_size, batch_size, threads, dtype, device, file)
     else:
@@ -67,6 +73,14 @@ def _open_model(model: str):
     gguf = GGUFFile(path)
     tok = Tokenizer.from_metadata(gguf.metadata)
     return path, gguf, tok
+
+
+def data_parallel_run():
+    """The runtime of a --dp run (None otherwise)."""
+    from llamatorch.core.parallel.runtime import current
+
+    run = current()
+    return run if run is not None and run.mode == "dp" else None
 
 
 def _warn_ctx_train(gguf, n_ctx: int) -> None:
@@ -181,8 +195,17 @@ def _run_ppl(model, file, n_ctx, n_batch, chunks, threads, dtype, device, kl_bas
 
     bos = chunk_bos(tok)
     try:
+        scores = None
+        run = data_parallel_run()
+        if run is not None:  # the chunks shared out over the ranks: rank 0 adds up their sums
+            from llamatorch.core.parallel import data_parallel
+
+            log(f"perplexity: data parallel over {run.world} processes")
+            scores = data_parallel.chunk_scores(run, engine, tokens, n_ctx, n_chunk, n_batch, bos, writer is not None,
+                                                _first_pass_logger("perplexity", n_chunk, n_seq * run.world))
         res = perplexity(engine, tokens, n_ctx, n_chunk, n_batch, bos, on_chunk=on_chunk,
-                         on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer)
+                         on_first_pass=_first_pass_logger("perplexity", n_chunk, n_seq), writer=writer,
+                         scores=scores)
     except BaseException:
         if writer is not None:
             writer.abort()  # a base file is whole or absent

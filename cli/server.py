@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (BatchSize, Device, DraftMax, DraftMin, DraftModel, DraftPMin, Dtype, Model, Threads, Verbose, log,
-                      log_paths)
+from .options import (BatchSize, Device, DraftMax, DraftMin, DraftModel, DraftPMin, Dtype, Model, TensorParallel, Threads,
+                      Verbose, log, log_paths, start_parallel)
 
 NAME = "server"
 
@@ -32,6 +32,7 @@ def command(
     threads: Threads = None,
     device: Device = "cpu",
     verbose: Verbose = False,
+    tp: TensorParallel = 1,
     dtype: Dtype = "auto",
     n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="default max tokens per request "
                                            "(-1 = until the end of generation or the slot's context)")] = -1,
@@ -118,6 +119,10 @@ def command(
         from llamatorch.core.pooling import parse_pooling
 
         parse_pooling(pooling)  # a bad name fails before the server starts
+
+    if slot_save_path is not None and tp > 1:
+        raise LlamatorchError("--slot-save-path does not combine with --tp (each rank holds a slice of the cache)")
+    start_parallel(tp)
 
     def load() -> Loaded:
         if embedding:

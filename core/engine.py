@@ -21,6 +21,9 @@ from .kv_cache import KVCache
 from .batch import Batch, Step  # noqa: F401  (Batch: callers import it from here too)
 from .memory import trim_heap
 from .models import backends, model_class
+from .models.decoder import Decoder
+from .parallel import remote, runtime as parallel
+from .parallel.shard import TensorSplit
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 MAX_FORWARD_GRAPHS = 16  # batch layouts remembered for CUDA-graph replay (each holds its activations)
@@ -35,20 +38,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise LlamatorchError(f"unknown --dtype '{name}' (use auto, f32, bf16 or f16)") from None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """local_rank: a rank of a multi-process run takes GPU local_rank for "cuda" / "auto"."""
     if name in ("auto", "cpu"):
         if name == "auto" and torch.cuda.is_available():
-            return torch.device("cuda")
+            return resolve_device("cuda", local_rank)
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise LlamatorchError("--device cuda asked for, but no CUDA device is available")
+        if name == "cuda" and local_rank is not None:
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device(name)
     raise LlamatorchError(f"unknown --device '{name}' (use auto, cpu or cuda)")
 
 
-def set_threads(n: int | None) -> int:
-    n = n if n and n > 0 else (os.cpu_count() or 1)
+def set_threads(n: int | None, ranks: int = 1) -> int:
+    """n threads (default: the cores, shared out among `ranks` processes of one run)."""
+    n = n if n and n > 0 else max(1, (os.cpu_count() or 1) // ranks)
     torch.set_num_threads(n)
     return n
 
@@ -59,14 +66,41 @@ class Engine:
     def __init__(self, model_path: str | Path, n_ctx: int = 0, n_seq: int = 1, dtype: str = "auto",
                  device: str = "cpu", threads: int | None = None):
         t0 = time.perf_counter()
-        self.n_threads = set_threads(threads)
-        self.device = resolve_device(device)
+        spec = dict(model_path=os.path.abspath(model_path), n_ctx=n_ctx, n_seq=n_seq, dtype=dtype, device=device,
+                    threads=threads)
+        self.spec = spec  # what rebuilds this engine elsewhere (other ranks of a parallel run)
+        rt = parallel.tensor_parallel()
+        self._mirror = None  # rank 0 of a tensor-parallel run: tells the other ranks what to repeat
+        if rt is not None and rt.leader:
+            self._mirror = remote.EngineMirror(remote.leader(rt), self, spec)
+        try:
+            self._load(rt, model_path, n_ctx, n_seq, dtype, device, threads)
+        except BaseException as e:
+            if self._mirror is not None:
+                self._mirror.loaded(error=e)
+            raise
+        if self._mirror is not None:
+            self._mirror.loaded()  # raises a follower's failure
+        self.load_seconds = time.perf_counter() - t0
+
+    def _load(self, rt, model_path, n_ctx: int, n_seq: int, dtype: str, device: str, threads: int | None) -> None:
+        """rt: the tensor-parallel runtime (this process loads its slice), or None."""
+        run = parallel.current()  # (any multi-process run: its ranks share the cores, one GPU each)
+        self.n_threads = set_threads(threads, 1 if run is None else run.world)
+        self.device = resolve_device(device, None if run is None else run.local_rank)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model_path = Path(model_path)
         self.file = GGUFFile(model_path)
         cls = model_class(self.file)
         with torch.inference_mode():
-            self.model = cls(self.file, self.dtype, self.device)
+            if rt is None:
+                self.model = cls(self.file, self.dtype, self.device)
+            else:
+                if cls is not Decoder:
+                    raise LlamatorchError(f"tensor parallelism serves decoder models only, not "
+                                          f"{self.file.architecture}")
+                self.model = cls(self.file, self.dtype, self.device,
+                                 split=TensorSplit(rt.rank, rt.world, rt.group_name))
         self.file.release()  # every weight is converted: keep only what the model holds
         trim_heap()
         p = self.model.config
@@ -74,8 +108,8 @@ class Engine:
         self.n_ctx = n_ctx if n_ctx > 0 else p.n_ctx_train
         self.n_vocab = p.n_vocab
         self.model.prepare(self.n_ctx)
-        self.cache = KVCache(p.n_layer, n_seq, self.model.kv_heads, self.n_ctx, self.model.kv_dim,
-                             self.dtype, self.device)
+        shape = (p.n_layer, n_seq, self.model.kv_heads, self.n_ctx, self.model.kv_dim, self.dtype, self.device)
+        self.cache = KVCache(*shape) if self._mirror is None else remote.mirrored_cache(self._mirror, *shape)
         self._tokenizer = None
         self._graphs: dict[tuple[int, int], object] = {}
         self.use_cuda_graphs = self.device.type == "cuda"
@@ -83,7 +117,6 @@ class Engine:
         self.paths = backends.choose(self.model, self.device)
         self.one_token = self.paths.one_token
         self._forward_graphs: dict[tuple, object] = {}  # batch layouts seen: None once, then a graph
-        self.load_seconds = time.perf_counter() - t0
 
     @property
     def tokenizer(self):
@@ -161,6 +194,13 @@ class Engine:
         (after the output norm, what llama.cpp pools for embeddings).  Like llama_get_logits, the
         result may be overwritten by the next decode call (CUDA graphs reuse their output buffer).
         """
+        if self._mirror is not None:  # rank 0 of a tensor-parallel run: the other ranks run it too
+            with remote.DeferredInterrupt():
+                self._mirror.decode(batch, embeddings)
+                return self._decode(batch, embeddings)
+        return self._decode(batch, embeddings)
+
+    def _decode(self, batch: Batch, embeddings: bool) -> torch.Tensor:
         if self.use_cuda_graphs and not embeddings and self._is_plain_decode(batch):
             return self._graph_decode(batch)  # a static buffer: valid until the next decode
         step, out_index = self._layout(batch)

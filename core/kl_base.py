@@ -71,6 +71,16 @@ def pack_log_probs(logits: torch.Tensor) -> np.ndarray:
     return out
 
 
+def pack_chunk(logits: torch.Tensor) -> np.ndarray:
+    """A chunk's scored logits packed a block of rows at a time (each block's float32 temporaries stay
+    small: Gemma 3's 262k vocabulary makes a chunk's logits ~270 MB)."""
+    out = np.empty((logits.shape[0], row_width(logits.shape[1])), dtype=np.uint16)
+    step = row_block(logits.shape[1])
+    for i in range(0, logits.shape[0], step):
+        out[i : i + step] = pack_log_probs(logits[i : i + step])
+    return out
+
+
 def unpack_log_probs(rows: np.ndarray, n_vocab: int) -> torch.Tensor:
     """[n, nv] uint16 -> [n, n_vocab] float32 log-probabilities (scale * q + min_log_prob)."""
     rows = np.ascontiguousarray(rows)
@@ -106,11 +116,13 @@ class BaseWriter:
 
     def write_chunk(self, logits: torch.Tensor) -> None:
         """logits: [n_ctx - 1 - n_ctx/2, n_vocab] of one chunk's scored positions."""
-        if logits.shape[0] != scored_rows(self.header.n_ctx):
-            raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {logits.shape[0]}")
-        step = row_block(logits.shape[1])
-        for i in range(0, logits.shape[0], step):
-            self.out.write(pack_log_probs(logits[i : i + step]).astype("<u2", copy=False).tobytes())
+        self.write_packed(pack_chunk(logits))
+
+    def write_packed(self, rows: np.ndarray) -> None:
+        """One chunk's rows as pack_chunk made them (perhaps on another rank)."""
+        if rows.shape[0] != scored_rows(self.header.n_ctx):
+            raise ValueError(f"expected {scored_rows(self.header.n_ctx)} rows, got {rows.shape[0]}")
+        self.out.write(rows.astype("<u2", copy=False).tobytes())
 
     def commit(self) -> None:
         self.out.commit()

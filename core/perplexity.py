@@ -94,41 +94,85 @@ def evaluate_chunks(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batc
 
     bos_id: the token that replaces each chunk's first token (None: the model adds no BOS).
     """
+    n_seq, _ = batch_shape(n_ctx, n_batch)
+    for i in range(0, n_chunk, n_seq):
+        yield evaluate_group(engine, tokens, n_ctx, i, min(n_seq, n_chunk - i), n_batch, bos_id)
+
+
+def evaluate_group(engine, tokens: np.ndarray, n_ctx: int, first_chunk: int, n_in_group: int, n_batch: int,
+                   bos_id: int | None) -> ChunkGroup:
+    """Chunks first_chunk .. first_chunk + n_in_group - 1 side by side (one sequence each)."""
     from .engine import Batch
 
-    n_seq, n_batch = batch_shape(n_ctx, n_batch)
+    _, n_batch = batch_shape(n_ctx, n_batch)
     first = n_ctx // 2
     last = n_ctx - 1  # position n_ctx-1 predicts past the chunk: evaluated, but no logits asked
-    for i in range(0, n_chunk, n_seq):
-        n_in_group = min(n_seq, n_chunk - i)
-        t0 = time.perf_counter()
-        engine.cache.clear()
-        per_chunk: list[list[torch.Tensor]] = [[] for _ in range(n_in_group)]
-        # n_batch >= n_ctx: one forward for the whole group; else n_ctx/n_batch forwards of one chunk
-        step = min(n_batch, n_ctx)
-        for j in range(0, n_ctx, step):
-            width = min(step, n_ctx - j)
-            batch = Batch()
-            for s in range(n_in_group):
-                start = (i + s) * n_ctx + j
-                chunk = tokens[start : start + width].tolist()
-                if j == 0 and bos_id is not None:
-                    chunk[0] = bos_id
-                batch.tokens += chunk
-                batch.pos += range(j, j + width)
-                batch.seq += [s] * width
-                batch.logits += [first <= j + k < last for k in range(width)]
-            if not any(batch.logits):
-                engine.decode(batch)
-                continue
-            out = engine.decode(batch)
-            if step < n_ctx:  # more forwards follow in this group: keep these rows (decode reuses buffers)
-                out = out.clone()
-            rows = out.shape[0] // n_in_group
-            for s in range(n_in_group):
-                per_chunk[s].append(out[s * rows : (s + 1) * rows])
-        logits = [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_chunk]
-        yield ChunkGroup(i, logits, time.perf_counter() - t0)
+    i = first_chunk
+    t0 = time.perf_counter()
+    engine.cache.clear()
+    per_chunk: list[list[torch.Tensor]] = [[] for _ in range(n_in_group)]
+    # n_batch >= n_ctx: one forward for the whole group; else n_ctx/n_batch forwards of one chunk
+    step = min(n_batch, n_ctx)
+    for j in range(0, n_ctx, step):
+        width = min(step, n_ctx - j)
+        batch = Batch()
+        for s in range(n_in_group):
+            start = (i + s) * n_ctx + j
+            chunk = tokens[start : start + width].tolist()
+            if j == 0 and bos_id is not None:
+                chunk[0] = bos_id
+            batch.tokens += chunk
+            batch.pos += range(j, j + width)
+            batch.seq += [s] * width
+            batch.logits += [first <= j + k < last for k in range(width)]
+        if not any(batch.logits):
+            engine.decode(batch)
+            continue
+        out = engine.decode(batch)
+        if step < n_ctx:  # more forwards follow in this group: keep these rows (decode reuses buffers)
+            out = out.clone()
+        rows = out.shape[0] // n_in_group
+        for s in range(n_in_group):
+            per_chunk[s].append(out[s * rows : (s + 1) * rows])
+    logits = [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_chunk]
+    return ChunkGroup(i, logits, time.perf_counter() - t0)
+
+
+@dataclass
+class ChunkScore:
+    """What perplexity keeps of one chunk (a data-parallel rank sends rank 0 just this)."""
+
+    index: int
+    nll: float  # sum of -log p(target) over the scored positions
+    nll2: float  # sum of its squares
+    count: int
+    packed: np.ndarray | None = None  # the chunk's KL-base rows (kl_base.pack_chunk), when a base is written
+
+
+def score_group(group: ChunkGroup, tokens: np.ndarray, n_ctx: int, writer=None, pack: bool = False) -> list[ChunkScore]:
+    """The group's chunk scores; `writer.write_chunk(logits)` gets each chunk's logits here, or with
+    `pack` its KL-base rows travel in the score (for rank 0 to write)."""
+    from .kl_base import pack_chunk
+
+    out = []
+    for s, logits in enumerate(group.logits):
+        c = group.first_chunk + s
+        start = c * n_ctx + n_ctx // 2
+        v = token_nll(logits, tokens[start + 1 : start + 1 + logits.shape[0]])
+        if writer is not None:
+            writer.write_chunk(logits)
+        out.append(ChunkScore(c, float(v.sum()), float((v * v).sum()), logits.shape[0],
+                              pack_chunk(logits) if pack else None))
+    return out
+
+
+def chunk_scores(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batch: int, bos_id: int | None,
+                 writer=None, on_first_pass: Callable[[float], None] | None = None) -> Iterator[ChunkScore]:
+    """Every chunk's score, in order, from this process's engine."""
+    for group in evaluate_chunks(engine, tokens, n_ctx, n_chunk, n_batch, bos_id):
+        if group.first_chunk == 0 and on_first_pass is not None:
+            on_first_pass(group.seconds)
+        yield from score_group(group, tokens, n_ctx, writer)
 
 
 def token_nll(logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
@@ -190,31 +234,26 @@ def plan_chunks(n_tokens: int, n_ctx: int, n_chunks: int) -> int:
 def perplexity(engine, tokens: np.ndarray, n_ctx: int, n_chunk: int, n_batch: int, bos_id: int | None,
                on_chunk: Callable[[int, float], None] | None = None,
                on_first_pass: Callable[[float], None] | None = None,
-               writer=None) -> PerplexityResult:
+               writer=None, scores: Iterator[ChunkScore] | None = None) -> PerplexityResult:
     """Run the evaluation; `on_chunk(index, cumulative_ppl)` after each chunk, `on_first_pass(seconds)`
     after the first group, `writer` (a kl_base.BaseWriter, or anything with `write_chunk(logits)`)
-    receives each chunk's scored logits, in order."""
+    receives each chunk's scored logits, in order (or, for `scores` from other ranks, `write_packed(rows)`).
+    `scores`: the chunks' scores from elsewhere (data_parallel.py), in place of this engine's."""
     res = PerplexityResult(n_chunk)
-    first = n_ctx // 2
     nll = nll2 = 0.0
     count = 0
     t0 = time.perf_counter()
-    for group in evaluate_chunks(engine, tokens, n_ctx, n_chunk, n_batch, bos_id):
-        if group.first_chunk == 0 and on_first_pass is not None:
-            on_first_pass(group.seconds)
-        for s, logits in enumerate(group.logits):
-            c = group.first_chunk + s
-            start = c * n_ctx + first
-            targets = tokens[start + 1 : start + 1 + logits.shape[0]]
-            v = token_nll(logits, targets)
-            nll += float(v.sum())
-            nll2 += float((v * v).sum())
-            count += logits.shape[0]
-            if writer is not None:
-                writer.write_chunk(logits)
-            res.cumulative.append(math.exp(nll / count))
-            if on_chunk is not None:
-                on_chunk(c, res.cumulative[-1])
+    if scores is None:
+        scores = chunk_scores(engine, tokens, n_ctx, n_chunk, n_batch, bos_id, writer, on_first_pass)
+    for sc in scores:  # (sums in chunk order: the same float64 additions however the chunks were split)
+        nll += sc.nll
+        nll2 += sc.nll2
+        count += sc.count
+        if writer is not None and sc.packed is not None:
+            writer.write_packed(sc.packed)
+        res.cumulative.append(math.exp(nll / count))
+        if on_chunk is not None:
+            on_chunk(sc.index, res.cumulative[-1])
     res.seconds = time.perf_counter() - t0
     res.count = count
     mean = nll / count

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,9 +42,21 @@ class TensorRef:
     def info(self):
         return self.file.tensors[self.name]
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Row-major shape (a slice's own, for parallel.shard.SlicedRef)."""
+        return self.info.shape
+
+    @property
+    def qtype(self):
+        return self.info.qtype
+
+    def raw(self) -> np.ndarray:
+        """The blocks' bytes, row after row (zero-copy where the file's layout allows)."""
+        return self.file.raw(self.name)
+
     def dequantize(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        info = self.info
-        return formats.dequantize(self.file.raw(self.name), info.qtype, info.shape, device=device, dtype=dtype)
+        return formats.dequantize(self.raw(), self.qtype, self.shape, device=device, dtype=dtype)
 
     def release(self) -> None:
         """The raw bytes are converted: let their file pages go (see GGUFFile.release)."""
@@ -51,17 +64,17 @@ class TensorRef:
 
 
 def int4_packable(refs: list[TensorRef]) -> bool:
-    if not refs or any(not formats.block_format(r.info.qtype).int4_groups for r in refs):
+    if not refs or any(not formats.block_format(r.qtype).int4_groups for r in refs):
         return False
-    n = sum(r.info.shape[0] for r in refs)
-    k = refs[0].info.shape[1]
+    n = sum(r.shape[0] for r in refs)
+    k = refs[0].shape[1]
     return n % 16 == 0 and k % 64 == 0
 
 
 def _unpack_int4(refs: list[TensorRef], device: torch.device):
     """The 4-bit values [N, K] and exact float32 [N, K/32] scales and offsets (`w = q * scale + offset`)
     of (fused) Q4 matrices."""
-    parts = [formats.unpack_int4(r.file.raw(r.name), r.info.qtype, r.info.shape, device=device) for r in refs]
+    parts = [formats.unpack_int4(r.raw(), r.qtype, r.shape, device=device) for r in refs]
     return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
 
 
@@ -113,8 +126,8 @@ class Linear:
     def __init__(self, refs: list[TensorRef], dtype: torch.dtype, device: torch.device, int4: bool = True,
                  splits: list[int] | None = None):
         """`splits`: the output parts (default: one per ref), for files that store a fused matrix as one tensor."""
-        self.out_features = sum(r.info.shape[0] for r in refs)
-        self.splits = splits or [r.info.shape[0] for r in refs]
+        self.out_features = sum(r.shape[0] for r in refs)
+        self.splits = splits or [r.shape[0] for r in refs]
         self.packed = self.gemv = self.prefill = self.dense = None
         self.quant = decode_matrix(refs, dtype, device)
         if self.quant is None and int4 and dtype == torch.bfloat16 and int4_packable(refs):

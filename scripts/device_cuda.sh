@@ -52,3 +52,16 @@ if [ "$what" = batched ]; then  # issue 8's batched rows: S_TG at npp 128, ntg 1
   lt batched-bench -m /tmp/smollm2-q4_1.gguf -c 32768 -npp 128 -ntg 128 -npl 1,16,64,128 --device cuda 2>&1 | grep "^|"
   lt batched-bench -m /tmp/llama1b-q4_k_m.gguf -c 16384 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
 fi
+if [ "$what" = parallel ]; then  # tensor parallelism through torchrun (NCCL): tests, then TP=1 vs the plain path on an 8B shape
+  python3 -m pytest -q -p no:cacheprovider tests/test_parallel_cuda.py 2>&1 | tail -5
+  [ -f /tmp/llama8b-q4_0.gguf ] || python3 scripts/make_shape_model.py --shape llama8b --type q4_0 --out /tmp/llama8b-q4_0.gguf
+  n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+  tr() { python3 -m torch.distributed.run --standalone --nproc-per-node "$1" -m llamatorch.cli "${@:2}"; }
+  lt bench -m /tmp/llama8b-q4_0.gguf -p 512 -n 128 -r 2 --device cuda 2>&1 | grep "^|"
+  for tp in $(seq 1 "$n"); do
+    [ $tp -eq 1 ] || [ $tp -eq 2 ] || [ $tp -eq 4 ] || [ $tp -eq 8 ] || continue
+    echo "TP=$tp (torchrun)"; tr $tp bench -m /tmp/llama8b-q4_0.gguf -p 512 -n 128 -r 2 --device cuda 2>&1 | grep "^|"
+    tr $tp batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+  done
+  lt batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+fi

@@ -22,6 +22,7 @@ SHAPES = {
     # name: (n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, rope_base, ctx)
     "smollm2": (576, 30, 9, 3, 1536, 49152, 100000.0, 8192),
     "llama1b": (2048, 16, 32, 8, 8192, 128256, 500000.0, 131072),
+    "llama8b": (4096, 32, 32, 8, 14336, 128256, 500000.0, 131072),
 }
 
 T = None  # gguf.GGMLQuantizationType, set in main (keeps --help free of imports)

@@ -205,13 +205,13 @@ class QuantMatrix:
     def from_refs(cls, refs, device) -> "QuantMatrix | None":
         """From the GGUF tensors of a (fused) matrix; None when a format has no integer group form or
         the shape does not tile."""
-        fmts = [formats.block_format(r.info.qtype) for r in refs]
-        k = refs[0].info.shape[1]
+        fmts = [formats.block_format(r.qtype) for r in refs]
+        k = refs[0].shape[1]
         if any(not f.group_size for f in fmts) or k % 32:
             return None
-        parts = [formats.unpack_groups(r.file.raw(r.name), r.info.qtype, r.info.shape, device) for r in refs]
+        parts = [formats.unpack_groups(r.raw(), r.qtype, r.shape, device) for r in refs]
         if len(set(fmts)) == 1 and fmts[0].two_level:  # one K-quant: keep its two-level scales
-            factors = [formats.scale_factors(r.file.raw(r.name), r.info.qtype, r.info.shape, device) for r in refs]
+            factors = [formats.scale_factors(r.raw(), r.qtype, r.shape, device) for r in refs]
             cat = lambda i: None if factors[0][i] is None else torch.cat([f[i] for f in factors])  # noqa: E731
             return cls(torch.cat([p[0] for p in parts]), cat(1), cat(3), parts[0][3], (cat(0), cat(2)))
         group = min(p[3] for p in parts)

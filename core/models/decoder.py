@@ -14,6 +14,7 @@ serves every kind of step; the faster paths for decoding (backends.py) give the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -52,42 +53,62 @@ def activation(name: str):
 
 
 class DecoderLayer:
-    """One layer's weights; the optional ones are None where the config has no use for them."""
+    """One layer's weights; the optional ones are None where the config has no use for them.
 
-    def __init__(self, f: GGUFFile, c: DecoderConfig, il: int, dtype, device):
+    With a `split` (tensor parallelism, parallel/shard.py) the layer holds this rank's heads and
+    feed-forward slice: Q/K/V and gate/up rows, attention-output and down columns."""
+
+    def __init__(self, f: GGUFFile, c: DecoderConfig, il: int, dtype, device, split=None):
         pre = f"blk.{il}."
         qd, kvd = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         vec = lambda n, size: check_shape(f, pre + n, (size,)).dequantize(device)  # noqa: E731
         mat = lambda n, rows, cols: check_shape(f, pre + n, (rows, cols))  # noqa: E731
+        rows = (lambda ref, first, count: ref) if split is None else split.rows  # noqa: E731  (column-parallel)
+        cols = (lambda ref: ref) if split is None else split.cols  # (row-parallel)
+        w = 1 if split is None else split.world
         self.attn_norm = vec("attn_norm.weight", c.n_embd)
         self.ffn_norm = vec("ffn_norm.weight", c.n_embd)
         if c.fused_qkv:  # one attn_qkv tensor (phi3): [Q; K; V] rows, as our fused matrix
-            self.qkv = place_matrix([mat("attn_qkv.weight", qd + 2 * kvd, c.n_embd)], dtype, device, splits=[qd, kvd, kvd])
+            qkv = mat("attn_qkv.weight", qd + 2 * kvd, c.n_embd)
+            parts = [rows(qkv, 0, qd), rows(qkv, qd, kvd), rows(qkv, qd + kvd, kvd)]
+            if split is None:
+                self.qkv = place_matrix([qkv], dtype, device, splits=[qd, kvd, kvd])
+            else:
+                self.qkv = place_matrix(parts, dtype, device)
         else:
-            self.qkv = place_matrix([mat("attn_q.weight", qd, c.n_embd), mat("attn_k.weight", kvd, c.n_embd),
-                                     mat("attn_v.weight", kvd, c.n_embd)], dtype, device)
-        self.wo = place_matrix([mat("attn_output.weight", c.n_embd, qd)], dtype, device)
+            self.qkv = place_matrix([rows(mat("attn_q.weight", qd, c.n_embd), 0, qd),
+                                     rows(mat("attn_k.weight", kvd, c.n_embd), 0, kvd),
+                                     rows(mat("attn_v.weight", kvd, c.n_embd), 0, kvd)], dtype, device)
+        self.wo = place_matrix([cols(mat("attn_output.weight", c.n_embd, qd))], dtype, device)
         if c.fused_gate_up:  # one ffn_up tensor of [gate; up] rows (phi3)
-            self.gate_up = place_matrix([mat("ffn_up.weight", 2 * c.n_ff, c.n_embd)], dtype, device,
-                                        splits=[c.n_ff, c.n_ff])
+            gate_up = mat("ffn_up.weight", 2 * c.n_ff, c.n_embd)
+            if split is None:
+                self.gate_up = place_matrix([gate_up], dtype, device, splits=[c.n_ff, c.n_ff])
+            else:
+                self.gate_up = place_matrix([rows(gate_up, 0, c.n_ff), rows(gate_up, c.n_ff, c.n_ff)], dtype, device)
         else:
-            self.gate_up = place_matrix([mat("ffn_gate.weight", c.n_ff, c.n_embd), mat("ffn_up.weight", c.n_ff, c.n_embd)],
-                                        dtype, device)
-        self.down = place_matrix([mat("ffn_down.weight", c.n_embd, c.n_ff)], dtype, device)
+            self.gate_up = place_matrix([rows(mat("ffn_gate.weight", c.n_ff, c.n_embd), 0, c.n_ff),
+                                         rows(mat("ffn_up.weight", c.n_ff, c.n_embd), 0, c.n_ff)], dtype, device)
+        self.down = place_matrix([cols(mat("ffn_down.weight", c.n_embd, c.n_ff))], dtype, device)
         self.qkv_bias = None
         if c.qkv_bias:  # one fused add; an absent bias is zeros
             parts = [("attn_q.bias", qd), ("attn_k.bias", kvd), ("attn_v.bias", kvd)]
             self.qkv_bias = torch.cat([
-                check_shape(f, pre + n, (size,)).dequantize(device, dtype) if pre + n in f.tensors
-                else torch.zeros(size, dtype=dtype, device=device) for n, size in parts])
+                _bias_part(check_shape(f, pre + n, (size,)), size, split).dequantize(device, dtype)
+                if pre + n in f.tensors else torch.zeros(size // w, dtype=dtype, device=device)
+                for n, size in parts])
         self.qk_norm = None
         if c.qk_norm:  # one weight row per head of the fused [Q heads | K heads] block: both normed in one go
             qn, kn = vec("attn_q_norm.weight", c.head_dim), vec("attn_k_norm.weight", c.head_dim)
-            self.qk_norm = torch.cat([qn.expand(c.n_head, -1), kn.expand(c.n_head_kv, -1)])
+            self.qk_norm = torch.cat([qn.expand(c.n_head // w, -1), kn.expand(c.n_head_kv // w, -1)])
         self.post_attn_norm = self.post_ffn_norm = None
         if c.post_norms:
             self.post_attn_norm = vec("post_attention_norm.weight", c.n_embd)
             self.post_ffn_norm = vec("post_ffw_norm.weight", c.n_embd)
+
+
+def _bias_part(ref: TensorRef, size: int, split) -> TensorRef:
+    return ref if split is None else split.elements(ref, 0, size)
 
 
 class LayerInput(NamedTuple):
@@ -119,23 +140,39 @@ class RopeTable:
 
 
 class Decoder:
-    def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device):
-        self.config = c = decoder_config(f)
-        self.dtype, self.device = dtype, device
+    def __init__(self, f: GGUFFile, dtype: torch.dtype, device: torch.device, split=None):
+        """split: this rank's part of a tensor-parallel model (parallel/shard.TensorSplit), or None."""
+        c = decoder_config(f)
+        self.dtype, self.device, self.split = dtype, device, split
+        if split is not None:
+            split.check(c, f)
         emb_ref = check_shape(f, "token_embd.weight", (c.n_vocab, c.n_embd))
         self.tok_embd = emb_ref.dequantize(device, dtype)
+        out_rows = (0, c.n_vocab) if split is None else split.vocab_rows(emb_ref).rows
         # a tied output matrix reads the embeddings' own blocks when decoding on CUDA
-        embd_quant = decode_matrix([emb_ref], dtype, device) if "output.weight" not in f.tensors else None
+        embd_quant = None
+        if "output.weight" not in f.tensors:
+            embd_quant = decode_matrix([emb_ref if split is None else split.vocab_rows(emb_ref)], dtype, device)
         emb_ref.release()
         self.layers = []
         for il in range(c.n_layer):
-            self.layers.append(DecoderLayer(f, c, il, dtype, device))
+            self.layers.append(DecoderLayer(f, c, il, dtype, device, split))
             trim_heap()  # the layer's freed temporaries go back to the OS, not into a growing heap
         self.out_norm = check_shape(f, "output_norm.weight", (c.n_embd,)).dequantize(device)
         lin = None
         if "output.weight" in f.tensors:
-            lin = place_matrix([check_shape(f, "output.weight", (c.n_vocab, c.n_embd))], dtype, device, int8=False)
-        self.output = output_matrix(lin, self.tok_embd, dtype, device, embd_quant)
+            out_ref = check_shape(f, "output.weight", (c.n_vocab, c.n_embd))
+            lin = place_matrix([out_ref if split is None else split.vocab_rows(out_ref)], dtype, device, int8=False)
+        self.output = output_matrix(lin, self.tok_embd[out_rows[0] : out_rows[1]], dtype, device, embd_quant)
+        self._reduce = None
+        if split is not None:  # this rank's heads and slices from here on; the vocabulary stays whole
+            from ..parallel.tensor_parallel import VocabParallelOutput, reducer
+
+            w = split.world
+            c = replace(c, n_head=c.n_head // w, n_head_kv=c.n_head_kv // w, n_ff=c.n_ff // w)
+            self.output = VocabParallelOutput(self.output, c.n_vocab, split)
+            self._reduce = reducer(split)
+        self.config = c
         self.output_bias = check_shape(f, "output.bias", (c.n_vocab,)).dequantize(device) if c.output_bias else None
         self.activation_ = activation(c.activation)
         self.kv_heads, self.kv_dim = c.n_head_kv, c.head_dim
@@ -221,11 +258,13 @@ class Decoder:
         else:
             qk = rope_pairs(qk, *inp.rope).transpose(1, 2)
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
-        return L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, c.query_scale, inp.mask, inp.start, query_rows))
+        a = L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, c.query_scale, inp.mask, inp.start, query_rows))
+        return a if self._reduce is None else self._reduce(a)  # (tensor parallel: the ranks' partial sums)
 
     def ffn(self, L: DecoderLayer, h: torch.Tensor) -> torch.Tensor:
         g, u = L.gate_up.split(L.gate_up(h))
-        return L.down(self.activation_(g).mul_(u))
+        y = L.down(self.activation_(g).mul_(u))
+        return y if self._reduce is None else self._reduce(y)
 
     def head(self, x: torch.Tensor, hidden: bool) -> torch.Tensor:
         """x: [..., D] rows -> the output norm, then (unless `hidden`) logits in float32."""
