@@ -237,3 +237,16 @@ def test_a_slice_of_blocks_dequantizes_to_the_slice(tmp_path, qtype):
         bad = 32 if qtype.endswith("_K") else 16
         with pytest.raises(Exception, match="not whole"):
             SlicedRef(ref, cols=(bad, 256))
+
+
+def test_smollm2_over_three_ranks(smollm2_path):
+    """The real model: 9 heads and 3 KV heads split 3 ways, Q4_1 columns of 192 and 512 per rank."""
+    args = ("cli", "-m", str(smollm2_path), "-p", "The capital of France is", "-n", "16", "--temp", "0",
+            "-no-cnv", "--dtype", "f32", "-t", "1")
+    one = run_cli(*args)
+    three = run_cli(*args, "--tp", "3")
+    assert one.returncode == 0 and three.returncode == 0, three.stderr[-2000:]
+    assert three.stdout == one.stdout
+    two = run_cli(*args, "--tp", "2")
+    assert two.returncode == 1
+    assert "error: tensor parallelism over 2 ranks needs llama.attention.head_count (9) divisible by 2" in two.stderr

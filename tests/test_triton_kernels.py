@@ -44,23 +44,18 @@ def kernels(monkeypatch):
 class _Ref:
     """A stand-in for weights.TensorRef over raw bytes (what QuantMatrix.from_refs reads)."""
 
-    class _File:
-        def __init__(self, raw):
-            self._raw = raw
-
-        def raw(self, name):
-            return self._raw
-
-    class _Info:
-        def __init__(self, qtype, shape):
-            self.qtype, self.shape = qtype, shape
-
     def __init__(self, values: np.ndarray, qtype):
         from llamatorch.quantize.blocks import quantize_rows
 
         self.name = "w"
-        self.file = self._File(quantize_rows(qtype, values))
-        self.info = self._Info(qtype, values.shape)
+        self._raw = quantize_rows(qtype, values)
+        self.qtype, self.shape = qtype, values.shape
+
+    def raw(self):
+        return self._raw
+
+    def release(self) -> None:
+        pass
 
 
 def _quantized(qtype_name: str, rows: int, cols: int, seed: int):
@@ -71,7 +66,7 @@ def _quantized(qtype_name: str, rows: int, cols: int, seed: int):
     qtype = gguf.GGMLQuantizationType[qtype_name]
     values = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) * 0.05
     ref = _Ref(values, qtype)
-    exact = formats.dequantize(ref.file.raw("w"), qtype, (rows, cols))  # ggml's float32 weights
+    exact = formats.dequantize(ref.raw(), qtype, (rows, cols))  # ggml's float32 weights
     return ref, exact
 
 
