@@ -290,3 +290,23 @@ def test_real_model_greedy_identical(smollm2_path, tmp_path):
         for spec in specs:
             assert _speculative(target, ids, 48, spec) == plain
     assert all(s.stats.accepted > 0 for s in specs)
+
+
+def test_grammar_with_speculation_matches_plain_constrained_output(tiny_pair):
+    """Drafts under a grammar: each checked token is masked as plain decoding would mask it, so the
+    greedy output is the plain constrained output (and matches the grammar), with drafts both
+    accepted and rejected along the way."""
+    import re
+
+    target, q4, _ = tiny_pair
+    args = ["cli", "-m", str(target), "-p", "a1b2c3a1b2c3a1b2", "-n", "30", "--temp", "0", "-no-cnv", "--dtype",
+            "f32", "--no-display-prompt", "--grammar", 'root ::= ("ab" | "ba" | "cd")+']
+    plain = run_cli(*args)
+    assert plain.returncode == 0, plain.stderr
+    assert re.fullmatch(r"(ab|ba|cd)+", plain.stdout.strip()) and len(plain.stdout.strip()) == 30, plain.stdout
+    for extra in (["-md", str(q4), "--draft-p-min", "0"], ["--spec-type", "ngram", "--spec-ngram-size-n", "2"]):
+        spec = run_cli(*args, *extra)
+        assert spec.returncode == 0, spec.stderr
+        assert spec.stdout == plain.stdout
+        counts = dict(re.findall(r"(n_drafted|n_accept) += (\d+)", spec.stderr))
+        assert int(counts["n_drafted"]) > 0 and int(counts["n_accept"]) > 0, spec.stderr[-500:]
