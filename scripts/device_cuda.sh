@@ -62,6 +62,7 @@ if [ "$what" = parallel ]; then  # tensor parallelism through torchrun (NCCL): t
     [ $tp -eq 1 ] || [ $tp -eq 2 ] || [ $tp -eq 4 ] || [ $tp -eq 8 ] || continue
     echo "TP=$tp (torchrun)"; tr $tp bench -m /tmp/llama8b-q4_0.gguf -p 512 -n 128 -r 2 --device cuda 2>&1 | grep "^|"
     tr $tp batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+    python3 -m torch.distributed.run --standalone --nproc-per-node $tp scripts/bench_tp.py -m /tmp/llama8b-q4_0.gguf --device cuda -B 1,64 2>&1 | grep -E "^#|^B="
   done
   lt batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
 fi

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import native
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with float32 statistics (as ggml computes it), returned in x's dtype."""
@@ -25,9 +27,21 @@ def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 
 def rms_scale_row(x: torch.Tensor, eps: float) -> float:
-    """1 / rms(x) of one float32 row, as a Python float (the statistic of _rms_norm_row)."""
+    """1 / rms(x) of one float32 row, as a Python float (the statistic of _rms_norm_row): the native
+    kernel's where it runs (ggml's arithmetic: squares summed in double, the scale in float; the same
+    for a row whether it comes alone or with others, see rms_scale_rows), else a float32 dot product."""
     flat = x.view(-1)
+    if flat.is_contiguous() and (scale := native.rms_scale(flat, eps)) is not None:
+        return scale
     return 1.0 / math.sqrt(torch.dot(flat, flat).item() / flat.numel() + eps)
+
+
+def rms_scale_rows(x: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor | None:
+    """rms_scale_row of each row of x [R, D] in one native call, into out [R] (None: no native kernel;
+    callers then take the rows one by one)."""
+    if x.stride(-1) != 1:
+        return None
+    return native.rms_scales(x, eps, out[: x.shape[0]])
 
 
 def _rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import native
-from .norm import rms_norm, rms_scale_row
+from .norm import rms_norm, rms_scale_row, rms_scale_rows
 from .rope import rope_neox
 
 NATIVE_MAX_HEAD = 128  # as attention._attend_all: wider heads (Gemma 3's 256) use SDPA
@@ -50,6 +50,7 @@ class OneTokenDecode:
         self.qk_v = (n_qk, c.n_head_kv * c.head_dim)  # the QKV product's [Q|K] and [V] parts
         self.group = c.n_head // c.n_head_kv
         self.h = torch.empty(MAX_TOKENS, c.n_embd, dtype=torch.bfloat16)  # the normed rows products read
+        self._scales = torch.empty(MAX_TOKENS, dtype=torch.float32)  # the rows' norm statistics
         self.layers = [(attn_norm, ffn_norm, _rows(L.qkv.few_rows), _rows(L.wo.few_rows), _rows(L.gate_up.few_rows),
                         _rows(L.down.few_rows), L)
                        for L, (attn_norm, ffn_norm) in zip(model.layers, model.norm_weights)]
@@ -105,6 +106,8 @@ class OneTokenDecode:
         """rms_norm's one-row arithmetic (x * scale, then * weight, in float32) for each row of x [T, D],
         rounded into self.h."""
         h = self.h[: x.shape[0]]
+        if x.shape[0] > 1 and (s := rms_scale_rows(x, self.c.rms_eps, self._scales)) is not None:
+            return torch.mul(torch.mul(x, s[:, None]), weight, out=h)  # (elementwise: each row as alone)
         for t in range(x.shape[0]):
             torch.mul(torch.mul(x[t], rms_scale_row(x[t], self.c.rms_eps)), weight, out=h[t])
         return h
@@ -113,6 +116,9 @@ class OneTokenDecode:
         """rms_norm of each float32 row of y [T, D] as the one-row case computes it."""
         if y.shape[0] == 1:
             return rms_norm(y, weight, self.c.rms_eps)
+        if (s := rms_scale_rows(y, self.c.rms_eps, self._scales)) is not None:
+            out = torch.mul(y, s[:, None])
+            return out if weight is None else out.mul_(weight)
         return torch.cat([rms_norm(y[t : t + 1], weight, self.c.rms_eps) for t in range(y.shape[0])])
 
     def _groups(self, step) -> list[tuple[int, int, int]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ["int4_rebuild.c", "attention.c", "gemv.c"]
+SOURCES = ["int4_rebuild.c", "attention.c", "gemv.c", "norm.c"]
 # no implicit fused multiply-add: the int4 rebuild reproduces PyTorch's separate multiply and add bit for bit
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp"]
 
@@ -105,11 +105,33 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.int8_gemv.argtypes = [p, p, i64, i64, p, i32, i64, p, i32, i32]
     lib.int4_tiles_rebuild.restype = i32
     lib.int4_tiles_rebuild.argtypes = [p, p, p, i32, i64, i64, i64, i64, p, i32]
+    lib.rms_scale.restype = ctypes.c_float
+    lib.rms_scale.argtypes = [p, i64, ctypes.c_double]
+    lib.rms_scales.restype = None
+    lib.rms_scales.argtypes = [p, i64, i64, i64, ctypes.c_double, p]
     lib.attention_supported.restype = i32
     lib.attention_supported.argtypes = []
     lib.attention_bf16.restype = i32
     lib.attention_bf16.argtypes = [p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, p,
                                    i64, i64, i64, i64, i64, i64, ctypes.c_float, i32]
+
+
+def rms_scale(x: torch.Tensor, eps: float) -> float | None:
+    """1 / rms(x) + eps of one contiguous float32 CPU row (norm.c), or None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    return lib.rms_scale(x.data_ptr(), x.numel(), eps)
+
+
+def rms_scales(x: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor | None:
+    """Each row's 1 / rms + eps of x [R, D] (float32, CPU, unit inner stride) into out [R] float32,
+    each exactly rms_scale of that row alone; None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    lib.rms_scales(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), eps, out.data_ptr())
+    return out
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from . import data_parallel  # noqa: F401  (registers its orders)
+from . import collective_bench, data_parallel  # noqa: F401  (they register their orders)
 from . import runtime
 from .remote import serve
 
