@@ -72,10 +72,18 @@ def test_shapes_that_do_not_split_are_one_line_errors(models):
     assert r.stderr.strip().splitlines()[-1] == (
         "error: tensor parallelism over 3 ranks needs llama.attention.head_count (8) divisible by 3")
     assert "Traceback" not in r.stderr
-    # Q4_0's blocks of 32: 8 ranks would hold 16 columns of attn_output each
-    r = run_cli("cli", "-m", str(models["llama-q4_0"]), "-p", "hi", "-n", "2", "-no-cnv", "--tp", "8")
-    assert r.returncode == 1 and "divisible by 8" in r.stderr  # (4 KV heads: that check comes first)
-    assert "Traceback" not in r.stderr
+    # Q4_0's blocks of 32: with 8 heads of 16 over 8 ranks each would hold 16 columns of attn_output
+    from dataclasses import replace
+
+    from llamatorch.core.errors import LlamatorchError
+    from llamatorch.core.gguf_file import GGUFFile
+    from llamatorch.core.models.config import decoder_config
+    from llamatorch.core.parallel.shard import TensorSplit
+
+    f = GGUFFile(models["llama-q4_0"])
+    c = replace(decoder_config(f), n_head_kv=8)  # (past the KV-head check, to reach the blocks')
+    with pytest.raises(LlamatorchError, match="each rank's 16 columns of attn_output.weight are not whole 32-weight blocks"):
+        TensorSplit(0, 8).check(c, f)
 
 
 def test_cli_greedy_text_is_the_same(models):
