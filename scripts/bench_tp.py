@@ -62,12 +62,12 @@ def main() -> None:
         step_ms = (time.perf_counter() - t0) / args.steps * 1000
         line = f"B={B:3d}: step {step_ms:8.3f} ms, {B * 1000 / step_ms:9.1f} tok/s"
         if rt is not None:
-            coll_ms = collectives_ms(rt, e, B, c, args.steps, sync)
+            coll_ms = collectives_ms(rt, e, B, c, args.steps)
             line += f", collectives {coll_ms:7.3f} ms ({100 * coll_ms / step_ms:4.1f}% of a step)"
         print(line, flush=True)
 
 
-def collectives_ms(rt, engine, B: int, c, steps: int, sync) -> float:
+def collectives_ms(rt, engine, B: int, c, steps: int) -> float:
     from llamatorch.core.parallel.collective_bench import step_collectives_ms
 
     return step_collectives_ms(rt, B, c.n_embd, c.n_layer, engine.n_vocab, engine.device, steps)

@@ -148,7 +148,7 @@ class Decoder:
             split.check(c, f)
         emb_ref = check_shape(f, "token_embd.weight", (c.n_vocab, c.n_embd))
         self.tok_embd = emb_ref.dequantize(device, dtype)
-        out_rows = (0, c.n_vocab) if split is None else split.vocab_rows(emb_ref).rows
+        out_rows = (0, c.n_vocab) if split is None else split.vocab(c.n_vocab)
         # a tied output matrix reads the embeddings' own blocks when decoding on CUDA
         embd_quant = None
         if "output.weight" not in f.tensors:

@@ -96,9 +96,6 @@ class TensorSplit:
                 raise LlamatorchError(f"tensor parallelism over {w} ranks: each rank's {width // w} columns of "
                                       f"{name} are not whole {bs}-weight blocks of {info.qtype.name}")
 
-    def heads(self, n: int) -> tuple[int, int]:
-        return span(n, self.rank, self.world)
-
     def rows(self, ref: TensorRef, first: int, count: int) -> SlicedRef:
         """This rank's share of rows [first, first + count) of ref (column-parallel)."""
         lo, hi = span(count, self.rank, self.world)
@@ -112,6 +109,10 @@ class TensorSplit:
         lo, hi = span(count, self.rank, self.world)
         return SlicedRef(ref, cols=(first + lo, first + hi))
 
+    def vocab(self, n_vocab: int) -> tuple[int, int]:
+        """This rank's rows [lo, hi) of the output matrix."""
+        lo, hi, _ = vocab_span(n_vocab, self.rank, self.world)
+        return lo, hi
+
     def vocab_rows(self, ref: TensorRef) -> SlicedRef:
-        lo, hi, _ = vocab_span(ref.shape[0], self.rank, self.world)
-        return SlicedRef(ref, rows=(lo, hi))
+        return SlicedRef(ref, rows=self.vocab(ref.shape[0]))
