@@ -28,6 +28,8 @@ def command(
     model: Annotated[List[str], typer.Option("-m", "--model", help="GGUF path or model name (repeatable)")] = ["smollm2"],
     n_prompt: Annotated[List[str], typer.Option("-p", "--n-prompt", help="prompt sizes (comma list)")] = ["512"],
     n_gen: Annotated[List[str], typer.Option("-n", "--n-gen", help="generation sizes (comma list)")] = ["128"],
+    n_depth: Annotated[List[str], typer.Option("-d", "--n-depth",
+                                               help="tokens already in the cache before each test (comma list)")] = ["0"],
     reps: Annotated[int, typer.Option("-r", "--repetitions")] = 5,
     threads: Annotated[List[str], typer.Option("-t", "--threads", help="thread counts (comma list)")] = [],
     batch_size: Annotated[int, typer.Option("-b", "--batch-size")] = 2048,
@@ -50,10 +52,10 @@ def command(
         raise LlamatorchError(f"unknown output format '{output}' (md, jsonl, csv, json)")
     if reps < 1:
         raise LlamatorchError("-r must be >= 1")
-    pps, tgs = _ints(n_prompt), _ints(n_gen)
+    pps, tgs, depths = _ints(n_prompt), _ints(n_gen), _ints(n_depth) or [0]
     thread_list = _ints(threads) or [os.cpu_count() or 1]
-    if any(n < 0 for n in pps + tgs):
-        raise LlamatorchError("-p and -n take non-negative sizes")
+    if any(n < 0 for n in pps + tgs + depths):
+        raise LlamatorchError("-p, -n and -d take non-negative sizes")
 
     from llamatorch.core.benchmark import bench, bench_ctx, model_description, model_size
     from llamatorch.core.engine import Engine
@@ -65,15 +67,15 @@ def command(
     for m in model:
         path = resolve_model(m)
         for nt in thread_list:
-            n_ctx = bench_ctx(pps, tgs)
+            n_ctx = bench_ctx(pps, tgs, depths)
             engine = Engine(path, n_ctx=n_ctx, dtype=dtype, device=device, threads=nt)
             log_paths(engine, verbose)
             size, n_params = model_size(engine)
             weight_bytes = engine.weight_bytes_per_token()
-            tests = [(p, 0) for p in pps if p > 0] + [(0, g) for g in tgs if g > 0]
-            for p, g in tests:
-                log(f"bench: {path.name} {'pp' if p else 'tg'}{p or g} threads {nt} ...")
-                r = bench(engine, p, g, reps, batch_size, warmup=not no_warmup)
+            tests = [t for d in depths for t in [(p, 0, d) for p in pps if p > 0] + [(0, g, d) for g in tgs if g > 0]]
+            for p, g, d in tests:
+                log(f"bench: {path.name} {'pp' if p else 'tg'}{p or g}{f' @ d{d}' if d else ''} threads {nt} ...")
+                r = bench(engine, p, g, reps, batch_size, warmup=not no_warmup, n_depth=d)
                 row = {
                     "build_commit": "llamatorch", "build_number": 0, "cpu_info": platform.processor() or platform.machine(),
                     "gpu_info": _gpu_info(engine), "backends": "CUDA" if engine.device.type == "cuda" else "CPU",
@@ -81,7 +83,7 @@ def command(
                     "model_n_params": n_params, "n_batch": batch_size, "n_ubatch": batch_size, "n_threads": nt,
                     "type_k": str(engine.dtype).removeprefix("torch."), "type_v": str(engine.dtype).removeprefix("torch."),
                     "n_gpu_layers": 99 if engine.device.type == "cuda" else 0, "flash_attn": False,
-                    "n_prompt": p, "n_gen": g, "n_depth": 0,
+                    "n_prompt": p, "n_gen": g, "n_depth": d,
                     "test_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "avg_ns": r.avg_ns, "stddev_ns": r.stddev_ns, "avg_ts": r.avg_ts, "stddev_ts": r.stddev_ts,
                 }

@@ -16,6 +16,7 @@ from .engine import Batch, Engine
 class BenchResult:
     n_prompt: int
     n_gen: int
+    n_depth: int = 0
     samples_ns: list[int] = field(default_factory=list)
 
     @property
@@ -45,10 +46,12 @@ class BenchResult:
     @property
     def name(self) -> str:
         if self.n_gen == 0:
-            return f"pp{self.n_prompt}"
-        if self.n_prompt == 0:
-            return f"tg{self.n_gen}"
-        return f"pp{self.n_prompt}+tg{self.n_gen}"
+            name = f"pp{self.n_prompt}"
+        elif self.n_prompt == 0:
+            name = f"tg{self.n_gen}"
+        else:
+            name = f"pp{self.n_prompt}+tg{self.n_gen}"
+        return f"{name} @ d{self.n_depth}" if self.n_depth else name  # llama-bench's spelling
 
 
 def _sync(engine: Engine) -> None:
@@ -56,44 +59,51 @@ def _sync(engine: Engine) -> None:
         torch.cuda.synchronize()
 
 
-def run_prompt(engine: Engine, n_prompt: int, n_batch: int, rng: np.random.Generator) -> None:
+def run_prompt(engine: Engine, n_prompt: int, n_batch: int, rng: np.random.Generator, start: int = 0) -> None:
     tokens = rng.integers(0, engine.n_vocab, size=n_prompt).tolist()
     for i in range(0, n_prompt, n_batch):
-        engine.decode(Batch.sequence(tokens[i : i + n_batch], start=i))
+        engine.decode(Batch.sequence(tokens[i : i + n_batch], start=start + i))
 
 
-def run_gen(engine: Engine, n_gen: int, rng: np.random.Generator) -> None:
+def run_gen(engine: Engine, n_gen: int, rng: np.random.Generator, start: int = 0) -> None:
     """llama-bench's tg test: one token per decode, random tokens, the device synchronised each step."""
     tokens = rng.integers(0, engine.n_vocab, size=n_gen).tolist()
-    for pos, token in enumerate(tokens):
+    for pos, token in enumerate(tokens, start):
         engine.decode(Batch.sequence([token], start=pos))
         _sync(engine)
 
 
-def bench_ctx(n_prompts: list[int], n_gens: list[int]) -> int:
-    """The context llama-bench's tests get: room for the longest test, plus one."""
-    return max(list(n_prompts) + list(n_gens) + [1]) + 1
+def bench_ctx(n_prompts: list[int], n_gens: list[int], n_depths: list[int] = (0,)) -> int:
+    """The context llama-bench's tests get: room for the longest test after the deepest depth, plus one."""
+    return max(list(n_prompts) + list(n_gens) + [1]) + max(n_depths) + 1
 
 
-def bench(engine: Engine, n_prompt: int, n_gen: int, reps: int, n_batch: int, warmup: bool = True) -> BenchResult:
-    """One llama-bench test: warm-up, then `reps` timed runs from an empty cache."""
+def bench(engine: Engine, n_prompt: int, n_gen: int, reps: int, n_batch: int, warmup: bool = True,
+          n_depth: int = 0) -> BenchResult:
+    """One llama-bench test: warm-up, then `reps` timed runs from an empty cache.  With n_depth (llama-bench's
+    -d) the cache first holds that many tokens, prefilled once untimed (llama-bench restores a saved state
+    for each run; here each run truncates back to them), and the test runs after them."""
     rng = np.random.default_rng(0)
-    result = BenchResult(n_prompt, n_gen)
+    result = BenchResult(n_prompt, n_gen, n_depth)
+    engine.cache.clear()
+    if n_depth:
+        run_prompt(engine, n_depth, n_batch, rng)
     if warmup:  # first calls of each GEMM shape are slow (oneDNN/AMX set-up): warm up with the real test
-        engine.cache.clear()
         # on CUDA a batch layout's second run captures its graph (Engine._graphed_forward): warm up past it
         for _ in range(2 if n_prompt and engine.use_cuda_graphs else 1 if n_prompt else 0):
-            run_prompt(engine, n_prompt, n_batch, rng)
+            engine.cache.truncate(0, n_depth)
+            run_prompt(engine, n_prompt, n_batch, rng, n_depth)
         if n_gen:
-            run_gen(engine, min(n_gen, 16), rng)
+            engine.cache.truncate(0, n_depth)
+            run_gen(engine, min(n_gen, 16), rng, n_depth)
     for _ in range(reps):
-        engine.cache.clear()
+        engine.cache.truncate(0, n_depth)
         _sync(engine)
         t0 = time.perf_counter_ns()
         if n_prompt:
-            run_prompt(engine, n_prompt, n_batch, rng)
+            run_prompt(engine, n_prompt, n_batch, rng, n_depth)
         if n_gen:
-            run_gen(engine, n_gen, rng)
+            run_gen(engine, n_gen, rng, n_depth)
         _sync(engine)
         result.samples_ns.append(time.perf_counter_ns() - t0)
     return result

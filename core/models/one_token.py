@@ -57,6 +57,7 @@ class OneTokenDecode:
         self.local = list(c.swa_layers) if c.any_swa else [False] * c.n_layer
         self.native = c.head_dim <= NATIVE_MAX_HEAD
         self._views: tuple | None = None  # (cache, row, per-layer K/V views of that cache row)
+        self._plans: dict[int, native.DecodeAttention | None] = {}  # this step's, per sequence (-1: all)
 
     @staticmethod
     def applies(step, n_out: int) -> bool:
@@ -79,7 +80,7 @@ class OneTokenDecode:
         return self._views[2]
 
     def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                   first: list[int] | None) -> torch.Tensor:
+                   first: list[int] | None, group: int) -> torch.Tensor:
         """The queries q [T, H, hd] over keys/values [1, Hkv, S, hd] -> [T, H * hd], choosing the kernel
         as the batched path does (attention._attend_all): the native one where it runs (no window,
         heads up to 128 wide; its rows are independent under the causal `mask` [1, 1, T, S]), else
@@ -88,10 +89,9 @@ class OneTokenDecode:
         path has one."""
         c = self.c
         T = q.shape[0]
-        if self.native and first is None:
-            out = native.attention(q.permute(1, 0, 2).unsqueeze(0), keys, values, mask, c.query_scale)
-            if out is not None:
-                return out.view(T, -1)
+        if self.native and first is None and (out := self._native_attention(q.permute(1, 0, 2).unsqueeze(0),
+                                                                            keys, values, mask, group)) is not None:
+            return out.view(T, -1)
         out = []
         S = keys.shape[2] - T + 1  # cells the first row sees
         for t in range(T):
@@ -101,6 +101,16 @@ class OneTokenDecode:
             out.append(F.scaled_dot_product_attention(qt, keys[:, :, f : S + t], values[:, :, f : S + t],
                                                       attn_mask=bias, scale=c.query_scale).reshape(1, -1))
         return out[0] if T == 1 else torch.cat(out)
+
+    def _native_attention(self, q, keys, values, mask, group: int) -> torch.Tensor | None:
+        """decode_attention.c through the plan of this step's `group` (a sequence's index, -1 for all
+        at once), made at the first layer: every layer's query and cache views then have the same
+        shapes and strides.  None where the kernel cannot serve.  The result is the plan's buffer,
+        valid until that group's next call."""
+        if group not in self._plans:
+            self._plans[group] = native.DecodeAttention.make(q, keys, values, mask, self.c.query_scale)
+        plan = self._plans[group]
+        return None if plan is None else plan(q, keys, values)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """rms_norm's one-row arithmetic (x * scale, then * weight, in float32) for each row of x [T, D],
@@ -129,7 +139,7 @@ class OneTokenDecode:
         rows, positions = step.rows.tolist(), step.positions.view(-1).tolist()
         return [(r, p, 1) for r, p in zip(rows, positions)]
 
-    def _attend(self, q, k4, v4, p0: int, n: int, mask, local: bool) -> torch.Tensor:
+    def _attend(self, q, k4, v4, p0: int, n: int, mask, local: bool, group: int) -> torch.Tensor:
         """Attention of one sequence's n consecutive queries q [n, H, hd] at positions p0.. over its
         cache row (k4, v4: [1, Hkv, cells, hd]); mask [1, 1, n, p0 + n] (None: build it)."""
         c = self.c
@@ -143,11 +153,12 @@ class OneTokenDecode:
             mask = torch.ones(1, 1, n, S, dtype=torch.bool).tril_(p0)
         row_first = [f - lo for f in first] if windowed and first is not None else ([0] * n if windowed else None)
         return self._attention(q, k4.narrow(2, lo, S - lo), v4.narrow(2, lo, S - lo),
-                               mask[..., lo:] if lo else mask, row_first)
+                               mask[..., lo:] if lo else mask, row_first, group)
 
     def __call__(self, step, cache, hidden: bool, out_index: torch.Tensor | None = None) -> torch.Tensor:
         """step: see `applies`; the rows of the tokens that out_index picks (None: all)."""
         c, m = self.c, self.model
+        self._plans.clear()
         groups = self._groups(step)
         R = step.tokens.numel()
         H, HKV, hd, n_ff, eps, rs = c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.rms_eps, c.residual_scale
@@ -186,8 +197,8 @@ class OneTokenDecode:
                 for i, (row, p0, n) in enumerate(groups):
                     kk[row, :, p0].copy_(qk[i, H:].view(HKV, hd))
                     vv[row, :, p0].copy_(v[i].view(HKV, hd))
-                out = native.attention(q.unsqueeze(2), kk[r0 : r0 + R, :, : step.n_visible],
-                                       vv[r0 : r0 + R, :, : step.n_visible], step.mask, c.query_scale)
+                out = self._native_attention(q.unsqueeze(2), kk[r0 : r0 + R, :, : step.n_visible],
+                                             vv[r0 : r0 + R, :, : step.n_visible], step.mask, -1)
                 if out is not None:
                     a = wo(out.view(R, -1))
                     x.add_(a if L.post_attn_norm is None else self._rows_norm(a.float(), L.post_attn_norm), alpha=rs)
@@ -205,7 +216,7 @@ class OneTokenDecode:
                 r = slice(i, i + n) if not one else slice(0, n)
                 k3[:, p0 : p0 + n].copy_(qk[r, H:].reshape(n, HKV, hd).transpose(0, 1))  # rounded to bf16 by the copy
                 v3[:, p0 : p0 + n].copy_(v[r].reshape(n, HKV, hd).transpose(0, 1))
-                parts.append(self._attend(q[r], k4, v4, p0, n, mask, local))
+                parts.append(self._attend(q[r], k4, v4, p0, n, mask, local, i))
             a = wo(parts[0] if one else torch.cat(parts))
             x.add_(a if L.post_attn_norm is None else self._rows_norm(a.float(), L.post_attn_norm), alpha=rs)
             g, u = gate_up(self._norm(x, ffn_norm)).split(n_ff, 1)

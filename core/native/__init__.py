@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ["int4_rebuild.c", "attention.c", "gemv.c", "norm.c"]
+SOURCES = ["int4_rebuild.c", "attention.c", "decode_attention.c", "gemv.c", "norm.c"]
+HEADERS = ["bf16_simd.h"]
 # no implicit fused multiply-add: the int4 rebuild reproduces PyTorch's separate multiply and add bit for bit
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp"]
 
@@ -78,7 +79,7 @@ def library() -> ctypes.CDLL | None:
 
     here = Path(__file__).parent
     key = hashlib.sha256()
-    for s in SOURCES:
+    for s in SOURCES + HEADERS:
         key.update((here / s).read_bytes())
     key.update(" ".join([compiler, *FLAGS, _cpu_signature()]).encode())
     target = cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
@@ -114,6 +115,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.attention_bf16.restype = i32
     lib.attention_bf16.argtypes = [p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, p,
                                    i64, i64, i64, i64, i64, i64, ctypes.c_float, i32]
+    lib.decode_attention_bf16.restype = i32
+    lib.decode_attention_bf16.argtypes = [p, p, p, p, p, p, ctypes.c_float, i32]
 
 
 def rms_scale(x: torch.Tensor, eps: float) -> float | None:
@@ -147,15 +150,66 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     (bool) is True -> [B, T, H*D] bf16, by attention.c; None where that kernel cannot serve (no build,
     no AVX-512 bf16, head size not a multiple of 32, other dtypes or layouts)."""
     lib = _attention_library()
+    if lib is None or not _attention_layout_ok(q, keys, values):
+        return None
     B, H, T, D = q.shape
     Hkv, S = keys.shape[1], keys.shape[2]
-    if (lib is None or D % 32 or H % Hkv or q.device.type != "cpu"
-            or not q.dtype == keys.dtype == values.dtype == torch.bfloat16
-            or q.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1):
-        return None
     m = mask[:, 0].contiguous().view(torch.uint8)
     out = torch.empty(B, T, H * D, dtype=torch.bfloat16)
     failed = lib.attention_bf16(q.data_ptr(), *q.stride()[:3], keys.data_ptr(), *keys.stride()[:3],
                                 values.data_ptr(), *values.stride()[:3], m.data_ptr(), m.stride(0), m.stride(1),
                                 out.data_ptr(), B, H, Hkv, T, S, D, scale, torch.get_num_threads())
     return None if failed else out
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor | None:
+    """attention()'s contract for decoding (few queries per sequence) by decode_attention.c: keys and
+    values read where they lie (no repack), each query row computed on its own, so a row's bits do not
+    depend on the rows beside it or the thread count; float32 probabilities.  None where it cannot serve."""
+    plan = DecodeAttention.make(q, keys, values, mask, scale)
+    return None if plan is None else plan(q, keys, values)
+
+
+class DecodeAttention:
+    """decode_attention.c for every layer of one decode step: the geometry, the mask's bytes and the
+    output buffer made once (the layers' queries and cache views share shapes and strides), so a layer
+    costs one short ctypes call.  Each call's output reuses the buffer: consume it before the next."""
+
+    def __init__(self, lib, q, keys, values, mask, scale: float):
+        B, H, T, D = q.shape
+        self._fn = lib.decode_attention_bf16
+        self._strides = (q.stride(), keys.stride(), values.stride())
+        self._mask = mask[:, 0].contiguous().view(torch.uint8)
+        self._geometry = (ctypes.c_int64 * 17)(*q.stride()[:3], *keys.stride()[:3], *values.stride()[:3],
+                                               self._mask.stride(0), self._mask.stride(1),
+                                               B, H, keys.shape[1], T, keys.shape[2], D)
+        self._shapes = (q.shape, keys.shape)
+        self.out = torch.empty(B, T, H * D, dtype=torch.bfloat16)
+        self._scale, self._threads = scale, torch.get_num_threads()
+
+    @classmethod
+    def make(cls, q, keys, values, mask, scale: float) -> DecodeAttention | None:
+        """The plan for tensors shaped like these, or None where the kernel cannot serve them."""
+        lib = _attention_library()
+        if lib is None or not _attention_layout_ok(q, keys, values) or q.shape[-1] > 512:
+            return None
+        return cls(lib, q, keys, values, mask, scale)
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        if (q.stride(), keys.stride(), values.stride()) != self._strides or (q.shape, keys.shape) != self._shapes:
+            raise ValueError("DecodeAttention called with other shapes or strides than its plan's")
+        if self._fn(self._geometry, q.data_ptr(), keys.data_ptr(), values.data_ptr(), self._mask.data_ptr(),
+                    self.out.data_ptr(), self._scale, self._threads):
+            raise RuntimeError("decode_attention_bf16 failed (out of memory)")
+        return self.out
+
+
+def _attention_layout_ok(q, keys, values) -> bool:
+    """bf16 CPU tensors, head size a multiple of 32, whole query groups, unit inner strides."""
+    D, H, Hkv = q.shape[-1], q.shape[1], keys.shape[1]
+    return (not D % 32 and not H % Hkv and q.device.type == "cpu"
+            and q.dtype == keys.dtype == values.dtype == torch.bfloat16
+            and q.stride(-1) == 1 and keys.stride(-1) == 1 and values.stride(-1) == 1)
+
+
