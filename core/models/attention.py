@@ -65,8 +65,9 @@ def _attend_all(q, keys, values, step: Step, scale: float, mask=None) -> torch.T
         if T > PREFILL_MIN_ROWS:
             return prefill_attention(q, keys, values, step.mask if mask is None else mask, scale, step._biases)
         # decoding too where the native decode kernel runs (decode_attention.c): each row's result then
-        # depends on its own cells only (SDPA's masked path differs from its unmasked one, so a sequence decoded beside others
-        # would not match itself decoded alone: the server's isolation), and one_token.py uses it too
+        # depends on its own cells only (SDPA's masked path differs from its unmasked one, so a sequence
+        # decoded beside others would not match itself decoded alone: the server's isolation), and
+        # one_token.py uses it too
         # Heads over 128 wide (Gemma 3's 256) keep SDPA: a near tie in its greedy run against llama.cpp's
         # flipped with the native kernel.  TODO: find why, and give every family the same path.
         out = native.decode_attention(q, keys, values, step.mask, scale) if mask is None and D <= 128 else None

@@ -149,11 +149,11 @@ class OneTokenDecode:
             first = [max(0, p0 + t - c.n_swa + 1) for t in range(n)]
         windowed = local and c.any_swa
         lo = first[0] if windowed and first is not None else 0
-        if mask is None:
+        if mask is None and group not in self._plans:  # (only a new plan reads the mask)
             mask = torch.ones(1, 1, n, S, dtype=torch.bool).tril_(p0)
         row_first = [f - lo for f in first] if windowed and first is not None else ([0] * n if windowed else None)
         return self._attention(q, k4.narrow(2, lo, S - lo), v4.narrow(2, lo, S - lo),
-                               mask[..., lo:] if lo else mask, row_first, group)
+                               mask[..., lo:] if lo and mask is not None else mask, row_first, group)
 
     def __call__(self, step, cache, hidden: bool, out_index: torch.Tensor | None = None) -> torch.Tensor:
         """step: see `applies`; the rows of the tokens that out_index picks (None: all)."""

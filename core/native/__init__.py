@@ -29,6 +29,7 @@ import torch
 
 SOURCES = ["int4_rebuild.c", "attention.c", "decode_attention.c", "gemv.c", "norm.c"]
 HEADERS = ["bf16_simd.h"]
+DECODE_MAX_HEAD = 512  # decode_attention.c's DMAX
 # no implicit fused multiply-add: the int4 rebuild reproduces PyTorch's separate multiply and add bit for bit
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp"]
 
@@ -192,7 +193,7 @@ class DecodeAttention:
     def make(cls, q, keys, values, mask, scale: float) -> DecodeAttention | None:
         """The plan for tensors shaped like these, or None where the kernel cannot serve them."""
         lib = _attention_library()
-        if lib is None or not _attention_layout_ok(q, keys, values) or q.shape[-1] > 512:
+        if lib is None or not _attention_layout_ok(q, keys, values) or q.shape[-1] > DECODE_MAX_HEAD:
             return None
         return cls(lib, q, keys, values, mask, scale)
 

@@ -21,7 +21,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -31,7 +30,7 @@
 
 #ifdef HAVE_BF16_DOT
 
-enum { DMAX = 512 };  /* widest head served (Gemma 3 has 256) */
+enum { DMAX = 512 };  /* widest head served (Gemma 3 has 256): DECODE_MAX_HEAD in __init__.py */
 
 typedef struct {
     const uint16_t *q, *k, *v;
