@@ -70,6 +70,8 @@ class Engine:
                     threads=threads)
         self.spec = spec  # what rebuilds this engine elsewhere (other ranks of a parallel run)
         rt = parallel.tensor_parallel()
+        if rt is not None and rt.world == 1:  # (torchrun with one process: the whole model, no collectives)
+            rt = None
         self._mirror = None  # rank 0 of a tensor-parallel run: tells the other ranks what to repeat
         if rt is not None and rt.leader:
             self._mirror = remote.EngineMirror(remote.leader(rt), self, spec)

@@ -2,7 +2,7 @@
 """Time the Triton integer-group matmul (core/kernels/quant_matmul.py) on a model's matrix shapes
 against PyTorch's int4 tinygemm and a dense bf16 GEMM, for a few row counts and tile choices.
 
-    python scripts/bench_quant_matmul.py [--shape llama1b|smollm2] [--rows 1,16,64] [--sweep]
+    python scripts/bench_quant_matmul.py [--shape llama1b|llama8b|smollm2] [--rows 1,16,64] [--sweep]
 
 Times are medians of CUDA-graph replays of 20 back-to-back launches (no host launch overhead), with
 GB/s of weight traffic beside them.  Needs a CUDA GPU and Triton.
@@ -18,6 +18,8 @@ import torch
 SHAPES = {  # name: [(label, N, K, bits, group)]; labels name the fusions of the decode step
     "llama1b": [("qkv", 3072, 2048, 4, 32), ("o", 2048, 2048, 4, 32), ("gate_up", 16384, 2048, 4, 32),
                 ("down", 2048, 8192, 4, 32), ("out Q6_K", 128256, 2048, 8, 16)],
+    "llama8b": [("qkv", 6144, 4096, 4, 32), ("o", 4096, 4096, 4, 32), ("gate_up", 28672, 4096, 4, 32),
+                ("down", 4096, 14336, 4, 32), ("out Q6_K", 128256, 4096, 8, 16)],
     "smollm2": [("qkv", 960, 576, 4, 32), ("o", 576, 576, 4, 32), ("gate_up", 3072, 576, 4, 32),
                 ("down", 576, 1536, 4, 32), ("out Q8_0", 49152, 576, 8, 32)],
 }

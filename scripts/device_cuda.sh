@@ -23,6 +23,7 @@ fi
 if [ "$what" = kernels ]; then  # tile sweep of the Triton matmul on both shapes
   python3 scripts/bench_quant_matmul.py --shape llama1b --rows 1 --sweep 2>&1 | grep -v failed
   python3 scripts/bench_quant_matmul.py --shape smollm2 --rows 1 --sweep 2>&1 | grep -v failed
+  python3 scripts/bench_quant_matmul.py --shape llama8b --rows 1 --sweep 2>&1 | grep -v failed
 fi
 if [ "$what" = profile ]; then
   [ -f /tmp/smollm2-q4_1.gguf ] || python3 scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
@@ -61,8 +62,8 @@ if [ "$what" = parallel ]; then  # tensor parallelism through torchrun (NCCL): t
   for tp in $(seq 1 "$n"); do
     [ $tp -eq 1 ] || [ $tp -eq 2 ] || [ $tp -eq 4 ] || [ $tp -eq 8 ] || continue
     echo "TP=$tp (torchrun)"; tr $tp bench -m /tmp/llama8b-q4_0.gguf -p 512 -n 128 -r 2 --device cuda 2>&1 | grep "^|"
-    tr $tp batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+    tr $tp batched-bench -m /tmp/llama8b-q4_0.gguf -c 16384 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
     python3 -m torch.distributed.run --standalone --nproc-per-node $tp scripts/bench_tp.py -m /tmp/llama8b-q4_0.gguf --device cuda -B 1,64 2>&1 | grep -E "^#|^B="
   done
-  lt batched-bench -m /tmp/llama8b-q4_0.gguf -c 8192 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
+  lt batched-bench -m /tmp/llama8b-q4_0.gguf -c 16384 -npp 128 -ntg 128 -npl 64 --device cuda 2>&1 | grep "^|"
 fi

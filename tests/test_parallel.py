@@ -194,6 +194,19 @@ def test_torchrun_launch(models):
     assert r.stdout == one.stdout
 
 
+def test_torchrun_with_one_process_loads_the_whole_model(models):
+    """World size 1 splits nothing: no collectives, and the one-token path serves decoding as usual."""
+    args = ["cli", "-m", str(models["llama"]), "-p", "abc", "-n", "12", "--temp", "0", "-no-cnv", "--dtype", "bf16",
+            "-v"]
+    one = run_cli(*args)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                        "-m", "llamatorch.cli", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == one.stdout
+    paths = [ln for ln in r.stderr.splitlines() if "decode:" in ln]
+    assert paths and "cpu one-token" in paths[0] and "tensor parallel" not in paths[0]
+
+
 def test_server_with_tp_answers_as_one_process(models):
     from helpers.server_process import Server
 

@@ -42,11 +42,10 @@ def choose(model, device) -> ExecutionPaths:
 
     reasons = {}
     one_token = None
-    if getattr(model, "split", None) is not None:  # the eager forward is the one that holds the collectives
-        why = "tensor parallel: the eager forward carries the all-reduces"
-        reasons["cpu one-token"] = reasons["triton step"] = why
-        return ExecutionPaths(None, False, device.type == "cuda", reasons)
-    if isinstance(model, Decoder):  # (encoders have only their forward)
+    split = getattr(model, "split", None) is not None
+    if split:  # the CPU one-token path has no collectives; the eager forward and the Triton step do
+        reasons["cpu one-token"] = "tensor parallel: the eager forward carries the all-reduces"
+    elif isinstance(model, Decoder):  # (encoders have only their forward)
         reason = OneTokenDecode.unsupported(model)
         if reason is None:
             one_token = OneTokenDecode(model)

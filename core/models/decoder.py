@@ -164,14 +164,14 @@ class Decoder:
             out_ref = check_shape(f, "output.weight", (c.n_vocab, c.n_embd))
             lin = place_matrix([out_ref if split is None else split.vocab_rows(out_ref)], dtype, device, int8=False)
         self.output = output_matrix(lin, self.tok_embd[out_rows[0] : out_rows[1]], dtype, device, embd_quant)
-        self._reduce = None
+        self.sum_over_ranks = None
         if split is not None:  # this rank's heads and slices from here on; the vocabulary stays whole
             from ..parallel.tensor_parallel import VocabParallelOutput, reducer
 
             w = split.world
             c = replace(c, n_head=c.n_head // w, n_head_kv=c.n_head_kv // w, n_ff=c.n_ff // w)
             self.output = VocabParallelOutput(self.output, c.n_vocab, split)
-            self._reduce = reducer(split)
+            self.sum_over_ranks = reducer(split)
         self.config = c
         self.output_bias = check_shape(f, "output.bias", (c.n_vocab,)).dequantize(device) if c.output_bias else None
         self.activation_ = activation(c.activation)
@@ -259,12 +259,12 @@ class Decoder:
             qk = rope_pairs(qk, *inp.rope).transpose(1, 2)
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
         a = L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, c.query_scale, inp.mask, inp.start, query_rows))
-        return a if self._reduce is None else self._reduce(a)  # (tensor parallel: the ranks' partial sums)
+        return a if self.sum_over_ranks is None else self.sum_over_ranks(a)  # (tensor parallel: the ranks' partial sums)
 
     def ffn(self, L: DecoderLayer, h: torch.Tensor) -> torch.Tensor:
         g, u = L.gate_up.split(L.gate_up(h))
         y = L.down(self.activation_(g).mul_(u))
-        return y if self._reduce is None else self._reduce(y)
+        return y if self.sum_over_ranks is None else self.sum_over_ranks(y)
 
     def head(self, x: torch.Tensor, hidden: bool) -> torch.Tensor:
         """x: [..., D] rows -> the output norm, then (unless `hidden`) logits in float32."""

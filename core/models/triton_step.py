@@ -34,10 +34,15 @@ def unsupported(model) -> str | None:
     missing = [name for name, present in features.items() if present]
     if missing:
         return "no Triton form for " + ", ".join(missing)
-    mats = [m for L in model.layers for m in (L.qkv, L.wo, L.gate_up, L.down)] + [model.output]
+    mats = [m for L in model.layers for m in (L.qkv, L.wo, L.gate_up, L.down)] + [local_output(model)]
     if any(m.quant is None for m in mats):
         return "a matrix has no Triton integer-group form"
     return None
+
+
+def local_output(model):
+    """The output matrix this process multiplies by: a tensor-parallel rank's vocabulary share, else the whole."""
+    return getattr(model.output, "local", model.output)
 
 
 def attention_splits(programs: int, n_ctx: int) -> int:
@@ -67,6 +72,13 @@ class DecoderStep:
         self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
             torch.zeros(B, 2 * p.n_ff, **bf16))
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
+        # tensor parallel: the row-parallel products' partial sums land here, their all-reduce goes to x;
+        # the rank's share of the logits, all-gathered into the whole row
+        self.reduce = model.sum_over_ranks
+        self.output = local_output(model)
+        if self.reduce is not None:
+            self.partial = torch.zeros(B, p.n_embd, dtype=torch.float32, device=device)
+            self.local_logits = torch.zeros(B, model.output.n_local, dtype=torch.float32, device=device)
         self.scale = p.query_scale
         self.split = None
         splits = attention_splits(B * p.n_head_kv, cache.n_ctx) if split_attention else 1
@@ -107,8 +119,20 @@ class DecoderStep:
                 self.qk.copy_(F.rms_norm(self.qk, (p.head_dim,), None, p.rms_eps) * L.qk_norm)
             rope_attention(self.qkv, c.k[il], c.v[il], self.attn, self.positions, self.rows, m.rope.cos, m.rope.sin,
                            p.n_head, self.scale, neox=p.rope_neox, split=self.split)
-            self._matmul(L.wo, self.attn, x, accumulate=True)
+            self._add_product(L.wo, self.attn)
             self._matmul(L.gate_up, x, self.ffn_in, norm=L.ffn_norm, glu=True)
-            self._matmul(L.down, self._ffn_input(), x, accumulate=True)
-        self._matmul(m.output, x, self.logits, norm=m.out_norm)
+            self._add_product(L.down, self._ffn_input())
+        if self.reduce is None:
+            self._matmul(self.output, x, self.logits, norm=m.out_norm)
+        else:
+            self._matmul(self.output, x, self.local_logits, norm=m.out_norm)
+            self.logits.copy_(m.output.gather(self.local_logits))
         return self.logits
+
+    def _add_product(self, mat, h) -> None:
+        """The residual stream += W @ h (a row-parallel product: its sum over the ranks)."""
+        if self.reduce is None:
+            self._matmul(mat, h, self.x, accumulate=True)
+            return
+        self._matmul(mat, h, self.partial)
+        self.x.add_(self.reduce(self.partial))

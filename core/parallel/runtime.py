@@ -73,8 +73,8 @@ def current() -> Runtime | None:
 
 
 def tensor_parallel() -> Runtime | None:
-    """The runtime when this process holds a slice of a tensor-parallel model (torchrun with one
-    process too: the whole model as one slice, through the same collectives)."""
+    """The runtime when this process is a rank of a tensor-parallel run (torchrun with one process
+    too, though its engine then loads the whole model, with no collectives: engine.py)."""
     return _runtime if _runtime is not None and _runtime.mode == "tp" else None
 
 

@@ -34,16 +34,19 @@ class VocabParallelOutput:
         self.world, self.group_name = split.world, split.group_name
         lo, hi, self.per_rank = vocab_span(n_vocab, split.rank, split.world)
         self.n_local = hi - lo
-        self.quant = None  # (no Triton form of the whole matrix: the Triton step does not serve this model)
+        self.quant = None  # (no Triton form of the whole matrix: the Triton step multiplies by .local's)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.local(x)
+        return self.gather(y.reshape(-1, y.shape[-1])).reshape(*x.shape[:-1], self.n_vocab)
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """This rank's logits [N, n_local] -> every rank's, joined: [N, n_vocab] float32."""
         # (float32 on every rank: a short last share may take another kernel, whose logits are float32)
-        y = y.reshape(-1, y.shape[-1]).float()
+        y = y.float()
         if self.n_local < self.per_rank:  # the last share is shorter: pad it to the others' width
             y = torch.nn.functional.pad(y, (0, self.per_rank - self.n_local))
-        y = all_gather_columns(y, self.world, self.group_name)[:, : self.n_vocab].contiguous()
-        return y.reshape(*x.shape[:-1], self.n_vocab)
+        return all_gather_columns(y, self.world, self.group_name)[:, : self.n_vocab].contiguous()
 
     @property
     def nbytes_decode(self) -> int:
