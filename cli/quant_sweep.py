@@ -6,6 +6,7 @@ progress bar (a rich bar on stderr when it is a terminal) to stderr.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated, Optional
 
@@ -79,6 +80,7 @@ def _run(cfg, plan, progress: bool) -> None:
     from llamatorch.quantize.sweep import run_sweep, sort_rows, total_steps
 
     bar = _Bar(progress, total_steps(cfg, plan.text.n_chunk))
+    signal.signal(signal.SIGINT, bar.interrupt)
     bar.log(f"{cfg.model.name} ({plan.base_name}) -> {', '.join(t.name for t in cfg.types)}; output in {cfg.out_dir}")
     rows: list = []
     try:
@@ -144,7 +146,7 @@ class _Bar:
     """sweep.Hooks on a rich progress bar over the whole sweep (stderr, terminals only)."""
 
     def __init__(self, enabled: bool, total: int):
-        self.bar = None
+        self.bar, self.interrupted = None, False
         if enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -154,17 +156,30 @@ class _Bar:
             self.task = self.bar.add_task("quant-sweep", total=total)
             self.bar.start()
 
+    def interrupt(self, signum, frame) -> None:
+        """Ctrl-C (SIGINT).  Python drops a KeyboardInterrupt raised inside a finalizer or a weakref
+        callback ("Exception ignored in ..."), so it is remembered too, and raised again at the next step."""
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def _check(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
     def log(self, msg: str) -> None:
+        self._check()
         if self.bar is not None:  # above the live bar, not through it
             self.bar.console.print(f"quant-sweep: {msg}", markup=False, highlight=False)
         else:
             log(f"quant-sweep: {msg}")
 
     def stage(self, text: str) -> None:
+        self._check()
         if self.bar is not None:
             self.bar.update(self.task, description=text)
 
     def step(self, n: int = 1) -> None:
+        self._check()
         if self.bar is not None:
             self.bar.update(self.task, advance=n)
 

@@ -245,9 +245,11 @@ class JinjaTemplate:
                 raise
             return False
 
-    def _render_raw(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def _render_raw(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         ctx = {"messages": messages, "add_generation_prompt": add_generation_prompt,
                "bos_token": self.bos_token, "eos_token": self.eos_token}
+        if tools:  # (absent, not empty, without tools: templates test `tools is defined`)
+            ctx["tools"] = tools
         out: list[str] = []
         n = 0
         try:
@@ -265,14 +267,14 @@ class JinjaTemplate:
             raise err from None
         return "".join(out)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         msgs = [dict(m) for m in messages]
         if not self.supports_system and msgs and msgs[0]["role"] == "system":
             # llama.cpp's workaround: merge the system prompt into the next message (or drop it)
             first = msgs.pop(0)
             if msgs:
                 msgs[0]["content"] = first["content"] + "\n" + msgs[0]["content"]
-        return self._render_raw(msgs, add_generation_prompt)
+        return self._render_raw(msgs, add_generation_prompt, tools)
 
 
 def _describe(e: BaseException, time_limit: float) -> str:

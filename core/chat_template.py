@@ -27,11 +27,12 @@ class ChatTemplate:
     add_eos: bool = False
     explicit: bool = True  # the model or the user gave a template (llama.cpp's "was_explicit")
 
-    def apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def apply(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        """tools: OpenAI-shaped tool declarations for a Jinja template that lays them out itself."""
         if self.jinja is None:
             pairs = [(m["role"], m["content"]) for m in messages]
             return apply_builtin(self.name, pairs, add_generation_prompt)
-        text = self.jinja.render(messages, add_generation_prompt)
+        text = self.jinja.render(messages, add_generation_prompt, tools)
         # llama.cpp (common_chat_templates_apply_jinja): the tokenizer adds BOS/EOS, not the template
         bos, eos = self.jinja.bos_token, self.jinja.eos_token
         if self.add_bos and bos and text.startswith(bos):

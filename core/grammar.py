@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -68,6 +69,22 @@ def _first_line(e) -> str:
     return "; ".join(lines[:2]) if lines else type(e).__name__
 
 
+def is_named_token(vocab, i: int) -> bool:
+    """A token grammars match by its id only (control tokens, and added ones spelled <...>)."""
+    attr, text = vocab.attr(i), vocab.tokens[i]
+    return bool(attr & ATTR_CONTROL or (attr & ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">")))
+
+
+def lark_literal(tokenizer, text: str) -> str:
+    """A Lark expression for `text` in the output: the token by id where the vocabulary has it as one
+    named token (Qwen's <tool_call>: a grammar spelling it as text would forbid the token the model
+    writes), else the quoted text."""
+    tid = tokenizer.vocab.token_to_id.get(text)
+    if tid is not None and is_named_token(tokenizer.vocab, tid):
+        return f"<[{tid}]>"
+    return json.dumps(text)
+
+
 def grammar_tokenizer(tokenizer, n_vocab: int):
     """llguidance's view of our vocabulary (built once per tokenizer: ~0.1 s per 50k tokens)."""
     hit = _TOKENIZERS.get(tokenizer)
@@ -81,9 +98,7 @@ def grammar_tokenizer(tokenizer, n_vocab: int):
             tokens.append(b"")  # rows past the vocabulary (padded embeddings): never produced
             continue
         piece = tokenizer.token_to_piece(i, special=True)
-        attr = vocab.attr(i)
-        text = vocab.tokens[i]
-        if attr & ATTR_CONTROL or (attr & ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">")):
+        if is_named_token(vocab, i):
             piece = b"\xff" + piece  # a special token: grammars match it only by name, never as text
         tokens.append(piece)
 
@@ -140,6 +155,58 @@ class Constraint:
     @property
     def done(self) -> bool:
         return self.matcher.is_stopped()
+
+
+@dataclass(frozen=True)
+class LazyGrammar:
+    """A grammar that constrains only once the output shows its trigger (llama.cpp's lazy grammars:
+    a model may write prose before it calls a tool); it then applies to the text after the trigger."""
+
+    grammar: str  # compiled (compile_grammar)
+    trigger: str
+
+
+class LazyConstraint:
+    """A Constraint that waits for its trigger: no mask, no grammar work, until the generated text
+    contains it (split over any tokens, or as one special token); the text already past the trigger
+    is then fed to the grammar, which masks every step after."""
+
+    def __init__(self, lazy: LazyGrammar, tokenizer, n_vocab: int):
+        self.tokenizer, self.trigger = tokenizer, lazy.trigger.encode()
+        self.inner = Constraint(lazy.grammar, tokenizer, n_vocab)
+        self.reset()
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.triggered, self._tail = False, b""
+
+    def mask_(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.inner.mask_(logits) if self.triggered else logits
+
+    def consume(self, token: int) -> None:
+        if self.triggered:
+            self.inner.consume(token)
+            return
+        text = self._tail + self.tokenizer.token_to_piece(int(token), special=True)
+        at = text.find(self.trigger)
+        if at < 0:
+            self._tail = text[-(len(self.trigger) - 1):] if len(self.trigger) > 1 else b""
+            return
+        self.triggered = True
+        rest = text[at + len(self.trigger):].decode("utf-8", errors="replace")
+        for t in self.tokenizer.encode(rest, add_special=False, parse_special=False) if rest else ():
+            self.inner.consume(t)
+
+    @property
+    def done(self) -> bool:
+        return self.triggered and self.inner.done
+
+
+def constraint_for(spec: "str | LazyGrammar", tokenizer, n_vocab: int):
+    """The per-sequence state of a compiled grammar (or of a lazy one)."""
+    if isinstance(spec, LazyGrammar):
+        return LazyConstraint(spec, tokenizer, n_vocab)
+    return Constraint(spec, tokenizer, n_vocab)
 
 
 def grammar_from_options(grammar: str | None, grammar_file: str | None, json_schema: str | None,

@@ -52,12 +52,14 @@ class Run:
     clients: int
     samples: list[Sample] = field(default_factory=list)
     wall: float = 0.0
+    resends: int = 0  # requests sent again after the server closed their connection unanswered
 
     def summary(self) -> dict:
         ttft = np.array([s.ttft for s in self.samples]) * 1e3
         gaps = np.array([g for s in self.samples for g in s.gaps]) * 1e3
         n_out = sum(s.n_out for s in self.samples)
         return {"server": self.server, "clients": self.clients, "requests": len(self.samples),
+                "resends": self.resends,
                 "ttft_p50_ms": float(np.percentile(ttft, 50)), "ttft_p99_ms": float(np.percentile(ttft, 99)),
                 "itl_p50_ms": float(np.percentile(gaps, 50)) if gaps.size else 0.0,
                 "itl_p99_ms": float(np.percentile(gaps, 99)) if gaps.size else 0.0,
@@ -66,25 +68,46 @@ class Run:
                                                           for s in self.samples if s.n_out > 1]))}
 
 
-async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], n_out: int) -> Sample:
+RESENDS = 3  # a request whose kept-alive connection the server closed before answering is sent again
+
+
+async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], n_out: int, run: "Run") -> Sample:
+    """One streamed request.  A server may close an idle kept-alive connection just as the client
+    reuses it (llama-server's HTTP library does under load): nothing was answered, so the request goes
+    again, its TTFT still counted from the first send, and the run counts the resends."""
+    t0 = time.perf_counter()
+    for attempt in range(RESENDS + 1):
+        try:
+            return await _stream(client, url, prompt, n_out, t0)
+        except httpx.RemoteProtocolError as exc:
+            if getattr(exc, "answered", False) or attempt == RESENDS:
+                raise
+            run.resends += 1
+    raise AssertionError("unreachable")
+
+
+async def _stream(client: httpx.AsyncClient, url: str, prompt: list[int], n_out: int, t0: float) -> Sample:
     body = {"prompt": prompt, "max_tokens": n_out, "stream": True, "temperature": 0, "ignore_eos": True,
             "cache_prompt": False, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
     stamps: list[float] = []
     n_tokens = None
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ev = json.loads(line[6:])
-            if ev.get("error"):
-                raise RuntimeError(f"{url}: {ev['error']}")
-            if ev.get("usage"):
-                n_tokens = ev["usage"]["completion_tokens"]
-            if ev.get("choices") and ev["choices"][0].get("text"):
-                stamps.append(time.perf_counter())
+        try:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                ev = json.loads(line[6:])
+                if ev.get("error"):
+                    raise RuntimeError(f"{url}: {ev['error']}")
+                if ev.get("usage"):
+                    n_tokens = ev["usage"]["completion_tokens"]
+                if ev.get("choices") and ev["choices"][0].get("text"):
+                    stamps.append(time.perf_counter())
+        except httpx.RemoteProtocolError as exc:  # (a stream cut after its answer began: not resent)
+            exc.answered = True
+            raise
     if not stamps:
         raise RuntimeError(f"{url}: no tokens streamed")
     gaps = list(np.diff(stamps))
@@ -98,7 +121,7 @@ async def load(url: str, prompts: list[list[int]], clients: int, n_out: int, nam
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         async def worker():
             while todo:
-                run.samples.append(await one_request(client, url, todo.pop(), n_out))
+                run.samples.append(await one_request(client, url, todo.pop(), n_out, run))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -187,11 +210,12 @@ def report(results, tg, args) -> None:
                         f"{args.input} in / {args.output} out tokens, {args.threads} threads")
     cols = ["ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "output_tok_s", "requests_s"]
     table.add_column("server")
-    for c in cols + ["solo decode tok/s"]:
+    for c in cols + ["solo decode tok/s", "resends"]:
         table.add_column(c, justify="right")
     for loaded, solo in results:
         table.add_row(loaded["server"], *(f"{loaded[c]:.1f}" if c != "requests_s" else f"{loaded[c]:.2f}"
-                                          for c in cols), f"{solo['decode_tok_s_per_client']:.1f}")
+                                          for c in cols), f"{solo['decode_tok_s_per_client']:.1f}",
+                      str(loaded["resends"] + solo["resends"]))
     Console().print(table)
     by = {loaded["server"]: (loaded, solo) for loaded, solo in results}
     lines = []

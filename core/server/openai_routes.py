@@ -22,12 +22,12 @@ def register(app: FastAPI, svc: Service) -> None:
     @app.post("/chat/completions")
     async def chat_completions(body: schemas.ChatRequest, request: Request):
         lo = svc.generator()
-        tool_plan = tools.plan(body.tools, body.tool_choice)
+        tool_plan = tools.plan(body.tools, body.tool_choice, lo.template, body.parallel_tool_calls)
         prompt = svc.chat_prompt(lo, body.messages, tool_plan)
         ids = lo.tokenizer.encode(prompt, add_special=True, parse_special=True)
         n_probs = body.n_probs()
         job, events = await svc.submit(lo, ids, body, svc.max_tokens(body.max_completion_tokens, body.max_tokens),
-                                       n_probs, schema=None if tool_plan is None else tool_plan.schema)
+                                       n_probs, tool_plan=tool_plan)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         head = {"id": cid, "created": created, "model": body.model or config.alias, "system_fingerprint": "llamatorch"}
 
@@ -38,7 +38,7 @@ def register(app: FastAPI, svc: Service) -> None:
             """The message (content, or tool_calls) and finish_reason for a finished answer."""
             if tool_plan is None:
                 return {"role": "assistant", "content": text}, finish_reason
-            content, calls = tools.parse(text)
+            content, calls = tools.parse(text, tool_plan)
             message = {"role": "assistant", "content": content}
             if calls:
                 message["tool_calls"] = calls

@@ -28,7 +28,7 @@ import torch
 from ..chat_session import _common_prefix as common_prefix
 from ..engine import Batch, Engine
 from ..errors import LlamatorchError
-from ..grammar import Constraint
+from ..grammar import LazyGrammar, constraint_for
 from ..sampling import Sampler, SamplerParams
 from ..speculative import Draft, DraftParams, SlotDrafters, accept_or_replace
 from ..tokenizer import StreamDecoder
@@ -76,7 +76,7 @@ class Job:
     n_probs: int | None = None  # None: no log-probabilities; k: each token's and the k most likely
     post_sampling_probs: bool = False  # the probabilities after the sampler chain, not the model's
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's ignore_eos)
-    grammar: str | None = None  # a compiled llguidance grammar the output must follow (grammar.py)
+    grammar: "str | LazyGrammar | None" = None  # a compiled llguidance grammar the output must follow (grammar.py)
     speculative: tuple[str, DraftParams] | None = None  # ("draft" | "ngram", limits): drafts checked per step
     cancelled: bool = False
 
@@ -287,7 +287,7 @@ class Scheduler:
         self.engine.cache.truncate(slot.id, keep)
         slot.cached = job.prompt[:keep]
         slot.job, slot.pending, slot.pos, slot.next_token = job, job.prompt[keep:], keep, None
-        constraint = None if job.grammar is None else Constraint(job.grammar, self.tokenizer, self.engine.n_vocab)
+        constraint = None if job.grammar is None else constraint_for(job.grammar, self.tokenizer, self.engine.n_vocab)
         slot.sampler = Sampler(job.params, self.engine.n_vocab, constraint)
         slot.drafter = None
         if job.speculative is not None:

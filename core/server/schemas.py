@@ -135,6 +135,7 @@ class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     tools: Optional[list[Tool]] = None
     tool_choice: Union[Literal["none", "auto", "required"], dict, None] = None
+    parallel_tool_calls: Optional[bool] = None  # (the template's own tool format: several calls per answer)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)

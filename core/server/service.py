@@ -136,10 +136,11 @@ class Service:
 
         if lo.template is None:
             raise not_supported("this model has no chat template")
-        msgs = tools.history(messages)
-        if tool_plan is not None:
+        native = tool_plan is not None and tool_plan.native
+        msgs = tools.history(messages, native)
+        if tool_plan is not None and not native:
             msgs = tools.with_tools(msgs, tool_plan)
-        return lo.template.apply(msgs, add_generation_prompt=True)
+        return lo.template.apply(msgs, add_generation_prompt=True, tools=tool_plan.tools if native else None)
 
     def the_prompt(self, body: schemas.CompletionRequest):
         try:
@@ -180,24 +181,29 @@ class Service:
         return res.vectors, res.n_tokens
 
     @staticmethod
-    def grammar(body: schemas.Sampling, schema: dict | None = None) -> str | None:
-        """The request's output constraint, compiled; a bad grammar or schema is a 400 naming the fault."""
+    def grammar(body: schemas.Sampling, lo: Loaded | None = None, tool_plan=None):
+        """The request's output constraint, compiled (a LazyGrammar for tools the model may call or not);
+        a bad grammar or schema is a 400 naming the fault."""
         from ..errors import LlamatorchError
-        from ..grammar import compile_grammar
+        from ..grammar import LazyGrammar, compile_grammar
+        from . import tools
 
         try:
             spec = body.grammar_spec()
-            if schema is not None:
-                if spec is not None:
-                    raise ValueError("tools cannot be combined with grammar, json_schema or response_format")
-                spec = ("json_schema", schema)
-            return None if spec is None else compile_grammar(*spec)
+            if tool_plan is None:
+                return None if spec is None else compile_grammar(*spec)
+            if spec is not None:
+                raise ValueError("tools cannot be combined with grammar, json_schema or response_format")
+            if not tool_plan.native:
+                return compile_grammar("json_schema", tool_plan.schema)
+            g = compile_grammar("lark", tools.hermes_grammar(tool_plan, lo.tokenizer))
+            return LazyGrammar(g, tools.OPEN) if tool_plan.lazy else g
         except (ValueError, LlamatorchError) as exc:
             raise ApiError(400, str(exc), "invalid_request_error") from None
 
     async def submit(self, lo: Loaded, ids: list[int], body: schemas.Sampling, n_predict: int,
-                     n_probs: int | None = None, schema: dict | None = None) -> tuple[Job, asyncio.Queue]:
-        """`schema`: a JSON schema the answer must match (tool calls), in place of the body's own grammar."""
+                     n_probs: int | None = None, tool_plan=None) -> tuple[Job, asyncio.Queue]:
+        """`tool_plan`: the tool calls the answer is held to (tools.py), in place of the body's own grammar."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -210,7 +216,7 @@ class Service:
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
                   cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
                   post_sampling_probs=getattr(body, "post_sampling_probs", False),
-                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, schema), speculative=self.speculative(body))
+                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, lo, tool_plan), speculative=self.speculative(body))
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:
