@@ -185,12 +185,13 @@ def build_mistral(folder: Path) -> Path:
                            tie_word_embeddings=False)
 
 
-def build_granite(folder: Path) -> Path:
+def build_granite(folder: Path, width: int = 0) -> Path:
     """A tiny GraniteForCausalLM: the llama layout with embedding, attention, residual and logit
-    multipliers far from 1, so a misplaced one shows."""
+    multipliers far from 1, so a misplaced one shows (`width`: another hidden size than TINY's)."""
+    extra = dict(hidden_size=width, intermediate_size=2 * width) if width else {}
     return _spm_checkpoint(folder, "Granite", "float32", max_position_embeddings=512, tie_word_embeddings=True,
                            embedding_multiplier=6.0, attention_multiplier=0.03, residual_multiplier=0.22,
-                           logits_scaling=4.0)
+                           logits_scaling=4.0, **extra)
 
 
 def build_phi3(folder: Path, long_rope: bool = False, width: int = 64, spread: float = 0.5) -> Path:

@@ -171,10 +171,10 @@ def test_rope_attention(kernels, neox):
         _close(out.cpu().view(B, H, hd)[b], ref, 1e-2)
 
 
-@pytest.fixture(scope="module", params=["llama", "phi3", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "phi3", "qwen2", "qwen3", "granite"])
 def tiny_q4(request, tmp_path_factory):
     """A llama (normal RoPE), a phi3 (NeoX RoPE, fused attn_qkv and [gate; up] tensors), a qwen2 (QKV
-    biases) and a qwen3 (QK-norm) in K-quants."""
+    biases), a qwen3 (QK-norm) and a granite (embedding, attention, residual and logit scales) in K-quants."""
     from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
 
     d = tmp_path_factory.mktemp("k")
@@ -183,6 +183,12 @@ def tiny_q4(request, tmp_path_factory):
 
         cfg = tiny_config(request.param, hidden_size=256, intermediate_size=512, head_dim=64, vocab_size=512)
         return requantize_gguf(write_gguf(hf_model(cfg), d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
+    if request.param == "granite":
+        from llamatorch.convert.pipeline import convert
+        from test_convert_support import build_granite
+
+        f32 = convert(build_granite(d / "hf", width=256), d / "f32.gguf", "f32", progress=False).path
+        return requantize_gguf(f32, d / "q4_k.gguf", "Q4_K", "Q6_K")
     if request.param == "phi3":
         from llamatorch.convert.pipeline import convert
         from test_convert_support import build_phi3

@@ -22,14 +22,13 @@ from ..kernels.rope_attention import SplitScratch, rope_attention
 
 def unsupported(model) -> str | None:
     """Why the Triton step cannot run `model` (None: it can).  It runs RMSNorm, QKV (+ bias) (+ QK-norm),
-    RoPE in either mode over whole power-of-two heads, SwiGLU -- no post-norms, soft-cap, embedding or
-    residual scales or sliding window -- with every matrix in the Triton integer-group form."""
+    RoPE in either mode over whole power-of-two heads, SwiGLU, embedding / residual / logit scales
+    (granite) -- no post-norms, soft-cap or sliding window -- with every matrix in the Triton
+    integer-group form."""
     c = model.config
     features = {"output bias": c.output_bias,
                 "post-norms": c.post_norms, f"{c.activation} gate": c.activation != "silu",
-                "embedding scale": c.embd_scale != 1.0, "logit soft-cap": bool(c.final_softcap),
-                "residual scale": c.residual_scale != 1.0, "logit scale": c.logit_scale != 1.0,
-                "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim,
+                "logit soft-cap": bool(c.final_softcap), "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim,
                 f"head size {c.head_dim} (not a power of two)": c.head_dim & (c.head_dim - 1) != 0}
     missing = [name for name, present in features.items() if present]
     if missing:
@@ -76,8 +75,11 @@ class DecoderStep:
         # the rank's share of the logits, all-gathered into the whole row
         self.reduce = model.sum_over_ranks
         self.output = local_output(model)
-        if self.reduce is not None:
+        # (and a scaled residual branch, granite's, is computed apart before its scaled add)
+        self.direct = self.reduce is None and p.residual_scale == 1.0
+        if not self.direct:
             self.partial = torch.zeros(B, p.n_embd, dtype=torch.float32, device=device)
+        if self.reduce is not None:
             self.local_logits = torch.zeros(B, model.output.n_local, dtype=torch.float32, device=device)
         self.scale = p.query_scale
         self.split = None
@@ -109,6 +111,8 @@ class DecoderStep:
     def forward(self) -> torch.Tensor:
         m, p, c, x = self.model, self.p, self.cache, self.x
         x.copy_(m.tok_embd[self.tokens])
+        if p.embd_scale != 1.0:
+            x.mul_(p.embd_scale)
         for il, L in enumerate(m.layers):
             if L.qkv_bias is not None and self.gemv:  # the product adds into the (zeroed) buffer: bias first
                 self.qkv.add_(L.qkv_bias)
@@ -127,12 +131,15 @@ class DecoderStep:
         else:
             self._matmul(self.output, x, self.local_logits, norm=m.out_norm)
             self.logits.copy_(m.output.gather(self.local_logits))
+        if p.logit_scale != 1.0:
+            self.logits.div_(p.logit_scale)
         return self.logits
 
     def _add_product(self, mat, h) -> None:
-        """The residual stream += W @ h (a row-parallel product: its sum over the ranks)."""
-        if self.reduce is None:
+        """The residual stream += residual_scale * W @ h (a row-parallel product: its sum over the ranks)."""
+        if self.direct:
             self._matmul(mat, h, self.x, accumulate=True)
             return
         self._matmul(mat, h, self.partial)
-        self.x.add_(self.reduce(self.partial))
+        y = self.partial if self.reduce is None else self.reduce(self.partial)
+        self.x.add_(y, alpha=self.p.residual_scale)
