@@ -76,14 +76,12 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], n_
     reuses it (llama-server's HTTP library does under load): nothing was answered, so the request goes
     again, its TTFT still counted from the first send, and the run counts the resends."""
     t0 = time.perf_counter()
-    for attempt in range(RESENDS + 1):
+    for _ in range(RESENDS):
         try:
             return await _stream(client, url, prompt, n_out, t0)
-        except httpx.RemoteProtocolError as exc:
-            if getattr(exc, "answered", False) or attempt == RESENDS:
-                raise
+        except httpx.RemoteProtocolError:  # (only before any answer: _stream turns a later cut into an error)
             run.resends += 1
-    raise AssertionError("unreachable")
+    return await _stream(client, url, prompt, n_out, t0)
 
 
 async def _stream(client: httpx.AsyncClient, url: str, prompt: list[int], n_out: int, t0: float) -> Sample:
@@ -105,9 +103,8 @@ async def _stream(client: httpx.AsyncClient, url: str, prompt: list[int], n_out:
                     n_tokens = ev["usage"]["completion_tokens"]
                 if ev.get("choices") and ev["choices"][0].get("text"):
                     stamps.append(time.perf_counter())
-        except httpx.RemoteProtocolError as exc:  # (a stream cut after its answer began: not resent)
-            exc.answered = True
-            raise
+        except httpx.RemoteProtocolError as exc:  # a stream cut after its answer began: not resent
+            raise RuntimeError(f"{url}: the stream was cut mid-answer: {exc}") from exc
     if not stamps:
         raise RuntimeError(f"{url}: no tokens streamed")
     gaps = list(np.diff(stamps))

@@ -259,7 +259,8 @@ class Decoder:
             qk = rope_pairs(qk, *inp.rope).transpose(1, 2)
         v = y[..., (H + HKV) * hd :].view(B, T, HKV, hd).transpose(1, 2)
         a = L.wo(attend(qk[:, :H], qk[:, H:], v, cache, il, step, c.query_scale, inp.mask, inp.start, query_rows))
-        return a if self.sum_over_ranks is None else self.sum_over_ranks(a)  # (tensor parallel: the ranks' partial sums)
+        # (tensor parallel: the sum of the ranks' partial products)
+        return a if self.sum_over_ranks is None else self.sum_over_ranks(a)
 
     def ffn(self, L: DecoderLayer, h: torch.Tensor) -> torch.Tensor:
         g, u = L.gate_up.split(L.gate_up(h))

@@ -28,7 +28,8 @@ def unsupported(model) -> str | None:
     c = model.config
     features = {"output bias": c.output_bias,
                 "post-norms": c.post_norms, f"{c.activation} gate": c.activation != "silu",
-                "logit soft-cap": bool(c.final_softcap), "sliding window": c.any_swa, "partial rotary": c.n_rot != c.head_dim,
+                "logit soft-cap": bool(c.final_softcap), "sliding window": c.any_swa,
+                "partial rotary": c.n_rot != c.head_dim,
                 f"head size {c.head_dim} (not a power of two)": c.head_dim & (c.head_dim - 1) != 0}
     missing = [name for name, present in features.items() if present]
     if missing:
@@ -71,11 +72,11 @@ class DecoderStep:
         self.ffn_in = torch.zeros(B, p.n_ff, dtype=torch.float32, device=device) if self.gemv else (
             torch.zeros(B, 2 * p.n_ff, **bf16))
         self.logits = torch.zeros(B, p.n_vocab, dtype=torch.float32, device=device)
-        # tensor parallel: the row-parallel products' partial sums land here, their all-reduce goes to x;
-        # the rank's share of the logits, all-gathered into the whole row
+        # a product adds straight into the residual stream unless it must pass through `partial` first:
+        # tensor parallel (its all-reduce over the ranks) or a scaled residual branch (granite's); a
+        # rank's share of the logits is all-gathered into the whole row
         self.reduce = model.sum_over_ranks
         self.output = local_output(model)
-        # (and a scaled residual branch, granite's, is computed apart before its scaled add)
         self.direct = self.reduce is None and p.residual_scale == 1.0
         if not self.direct:
             self.partial = torch.zeros(B, p.n_embd, dtype=torch.float32, device=device)

@@ -216,7 +216,8 @@ class Service:
         job = Job(ids, self.sampler_params(body), n_predict, deliver, stop=body.stops(),
                   cache_prompt=body.cache_prompt and self.config.cache_prompt, n_probs=n_probs,
                   post_sampling_probs=getattr(body, "post_sampling_probs", False),
-                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, lo, tool_plan), speculative=self.speculative(body))
+                  ignore_eos=body.ignore_eos, grammar=self.grammar(body, lo, tool_plan),
+                  speculative=self.speculative(body))
         try:
             lo.scheduler.submit(job)
         except QueueFull as exc:

@@ -117,15 +117,14 @@ def history(messages, native: bool = False) -> list[dict]:
     out = []
     for m in messages:
         role = "system" if m.role == "developer" else m.role
-        if role == "assistant" and m.tool_calls and native:
-            calls = [{"type": "function", "function": {"name": c.function.name,
-                                                       "arguments": _arguments(c.function.arguments)}}
-                     for c in m.tool_calls]
-            out.append({"role": "assistant", "content": m.text() or "", "tool_calls": calls})
-        elif role == "assistant" and m.tool_calls:
-            calls = [{"tool_call": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
-                     for c in m.tool_calls]
-            out.append({"role": "assistant", "content": "\n".join(json.dumps(c, ensure_ascii=False) for c in calls)})
+        if role == "assistant" and m.tool_calls:
+            calls = [{"name": c.function.name, "arguments": _arguments(c.function.arguments)} for c in m.tool_calls]
+            if native:
+                out.append({"role": "assistant", "content": m.text() or "",
+                            "tool_calls": [{"type": "function", "function": c} for c in calls]})
+            else:
+                text = "\n".join(json.dumps({"tool_call": c}, ensure_ascii=False) for c in calls)
+                out.append({"role": "assistant", "content": text})
         elif role == "tool" and native:
             out.append({"role": "tool", "content": m.text(), "tool_call_id": m.tool_call_id})
         elif role == "tool":
