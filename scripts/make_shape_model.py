@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Write a random-weight llama GGUF with the exact shapes and block types of a real model.
+"""Write a random-weight llama (or gemma3) GGUF with the exact shapes and block types of a real model.
 
 For speed work where the real file cannot travel (the GPU machine): the bytes of each quantized
 tensor are random blocks with small, finite scales, so the kernels and the traffic are the real ones.
 
     python scripts/make_shape_model.py --shape smollm2 --type q4_1 --out /tmp/smollm2-q4_1.gguf
     python scripts/make_shape_model.py --shape llama1b --type q4_0 --out /tmp/llama1b-q4_0.gguf
+    python scripts/make_shape_model.py --shape gemma3-270m --type q8_0 --out /tmp/gemma3-270m-q8_0.gguf
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ SHAPES = {
     "smollm2": (576, 30, 9, 3, 1536, 49152, 100000.0, 8192),
     "llama1b": (2048, 16, 32, 8, 8192, 128256, 500000.0, 131072),
     "llama8b": (4096, 32, 32, 8, 14336, 128256, 500000.0, 131072),
+    "gemma3-270m": (640, 18, 4, 1, 2048, 262144, 1000000.0, 32768),
+    "gemma3-1b": (1152, 26, 4, 1, 6912, 262144, 1000000.0, 32768),
 }
+GEMMA3_HEAD = 256  # gemma3's key_length, not n_embd / n_head
+GEMMA3_WINDOW = 512  # its local layers' sliding window (5 of every 6 layers)
 
 T = None  # gguf.GGMLQuantizationType, set in main (keeps --help free of imports)
 
@@ -71,10 +76,11 @@ def main() -> None:
 
     T = gguf.GGMLQuantizationType
     D, L, H, HKV, FF, V, base, ctx = SHAPES[args.shape]
-    hd = D // H
+    gemma = args.shape.startswith("gemma3")
+    hd = GEMMA3_HEAD if gemma else D // H
     qtype, embd_type = mix(args.type)
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(args.out, "llama")
+    w = gguf.GGUFWriter(args.out, "gemma3" if gemma else "llama")
     w.add_name(f"random {args.shape} {args.type}")
     w.add_context_length(ctx)
     w.add_embedding_length(D)
@@ -85,6 +91,10 @@ def main() -> None:
     w.add_rope_freq_base(base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(hd)
+    if gemma:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_sliding_window(GEMMA3_WINDOW)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(byte_level_vocab(V))
@@ -113,6 +123,9 @@ def main() -> None:
         add(f"blk.{i}.ffn_gate.weight", FF, D, qtype)
         add(f"blk.{i}.ffn_up.weight", FF, D, qtype)
         add(f"blk.{i}.ffn_down.weight", D, FF, qtype)
+        if gemma:
+            for name, n in (("attn_q_norm", hd), ("attn_k_norm", hd), ("post_attention_norm", D), ("post_ffw_norm", D)):
+                w.add_tensor(f"blk.{i}.{name}.weight", np.ones(n, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -125,15 +125,17 @@ def test_quant_matmul_epilogues(kernels):
         _close(y, x @ wt + res)
         y = qm(dev(x), dev(res.clone()), norm=dev(norm_w), eps=1e-5, accumulate=True)
         _close(y, F.rms_norm(x, (256,), norm_w, 1e-5) @ wt + res)
-    y = qm(dev(x), torch.empty(4, 32, device=DEVICE), norm=dev(norm_w), eps=1e-5, glu=True)  # rows 0-31: gate
     gate_up = F.rms_norm(x, (256,), norm_w, 1e-5) @ wt
-    _close(y, F.silu(gate_up[:, :32]) * gate_up[:, 32:])
+    for act, ref_act in (("silu", F.silu), ("gelu_tanh", lambda g: F.gelu(g, approximate="tanh"))):
+        y = qm(dev(x), torch.empty(4, 32, device=DEVICE), norm=dev(norm_w), eps=1e-5, glu=True,
+               activation=act)  # rows 0-31: the gate
+        _close(y, ref_act(gate_up[:, :32]) * gate_up[:, 32:])
 
 
-@pytest.mark.parametrize("neox", [False, True])
-def test_rope_attention(kernels, neox):
+@pytest.mark.parametrize("neox,window", [(False, 0), (True, 0), (True, 16)])
+def test_rope_attention(kernels, neox, window):
     """RoPE of the new token's query and key, its key and value stored in the cache, attention over
-    cells 0..position, and the QKV buffer left zeroed."""
+    cells 0..position (the last `window` of them with a sliding window), and the QKV buffer left zeroed."""
     from llamatorch.core.models.rope import rope_neox, rope_tables
 
     ops = kernels["rope_attention"]
@@ -147,7 +149,7 @@ def test_rope_attention(kernels, neox):
     qkv2, k2, v2 = qkv.clone().to(DEVICE), kc.clone().to(DEVICE), vc.clone().to(DEVICE)
     out = torch.full((B, H * hd), float("nan"), dtype=torch.bfloat16, device=DEVICE)
     ops.rope_attention(qkv2, k2, v2, out, pos.to(DEVICE), rows.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE),
-                       H, 1 / math.sqrt(hd), neox)
+                       H, 1 / math.sqrt(hd), neox, window=window)
     assert not qkv2.any()
     x = qkv.view(B, H + 2 * HKV, 1, hd)
     c, s = cos[pos][:, None, None], sin[pos][:, None, None]
@@ -165,23 +167,28 @@ def test_rope_attention(kernels, neox):
     assert torch.equal(k2.transpose(1, 2)[~written], kc.transpose(1, 2)[~written])  # nothing else written
     for b in range(B):
         n = int(pos[b]) + 1
-        keys = k2[rows[b], :, :n].float().repeat_interleave(H // HKV, 0)
-        vals = v2[rows[b], :, :n].float().repeat_interleave(H // HKV, 0)
+        first = max(0, n - window) if window else 0
+        keys = k2[rows[b], :, first:n].float().repeat_interleave(H // HKV, 0)
+        vals = v2[rows[b], :, first:n].float().repeat_interleave(H // HKV, 0)
         ref = F.scaled_dot_product_attention(rot[b, :H].bfloat16().float(), keys, vals)[:, 0]
         _close(out.cpu().view(B, H, hd)[b], ref, 1e-2)
 
 
-@pytest.fixture(scope="module", params=["llama", "phi3", "qwen2", "qwen3", "granite"])
+@pytest.fixture(scope="module", params=["llama", "phi3", "qwen2", "qwen3", "granite", "gemma3"])
 def tiny_q4(request, tmp_path_factory):
     """A llama (normal RoPE), a phi3 (NeoX RoPE, fused attn_qkv and [gate; up] tensors), a qwen2 (QKV
-    biases), a qwen3 (QK-norm) and a granite (embedding, attention, residual and logit scales) in K-quants."""
+    biases), a qwen3 (QK-norm), a granite (embedding, attention, residual and logit scales) and a gemma3
+    (post-norms, GELU, 5 local layers with a window of 4 tokens and their own RoPE base) in K-quants."""
     from helpers.tiny_llama import hf_llama, requantize_gguf, tiny_llama_config, write_llama_gguf
 
     d = tmp_path_factory.mktemp("k")
-    if request.param.startswith("qwen"):
+    if request.param.startswith(("qwen", "gemma")):
         from helpers.tiny_decoders import hf_model, tiny_config, write_gguf
 
-        cfg = tiny_config(request.param, hidden_size=256, intermediate_size=512, head_dim=64, vocab_size=512)
+        shape = dict(hidden_size=256, intermediate_size=512, head_dim=64, vocab_size=512)
+        if request.param == "gemma3":
+            shape.update(num_hidden_layers=6, sliding_window=4, query_pre_attn_scalar=64)
+        cfg = tiny_config(request.param, **shape)
         return requantize_gguf(write_gguf(hf_model(cfg), d / "f32.gguf"), d / "q4_k.gguf", "Q4_K", "Q6_K")
     if request.param == "granite":
         from llamatorch.convert.pipeline import convert
@@ -228,7 +235,7 @@ def test_llama_decode_step_matches_float32_forward(kernels, tiny_q4, n_seq, n_ct
 
 def test_rope_attention_split_over_programs(kernels):
     """Flash-decoding (the cells spread over several programs, merged by the last to finish) equals the
-    one-program kernel, including the cache writes and the zeroed QKV buffer."""
+    one-program kernel (also with a sliding window), including the cache writes and the zeroed QKV buffer."""
     from llamatorch.core.models.rope import rope_tables
 
     ops = kernels["rope_attention"]
@@ -240,17 +247,18 @@ def test_rope_attention_split_over_programs(kernels):
     vc = torch.randn(B, HKV, cells, hd, generator=g).bfloat16()
     pos, rows = torch.tensor([5, 290, 0], device=DEVICE), torch.tensor([2, 0, 1], device=DEVICE)
     results = []
-    for splits in (1, 4):
+    for splits, window in ((1, 0), (4, 0), (1, 200), (4, 200)):
         split = None if splits == 1 else ops.SplitScratch(B, HKV, H // HKV, hd, splits, DEVICE)
         if split is not None:
             split.MIN_CHUNK = 64  # several slices at these lengths
         q2, k2, v2 = qkv.clone().to(DEVICE), kc.clone().to(DEVICE), vc.clone().to(DEVICE)
         out = torch.full((B, H * hd), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-        ops.rope_attention(q2, k2, v2, out, pos, rows, cos, sin, H, 1 / math.sqrt(hd), False, split)
+        ops.rope_attention(q2, k2, v2, out, pos, rows, cos, sin, H, 1 / math.sqrt(hd), False, split, window)
         assert not q2.any()
         if split is not None:
             assert not split.count.any()  # counts reset for the next layer
         results.append((out.float().cpu(), k2.cpu(), v2.cpu()))
-    (o1, k1, v1), (o4, k4, v4) = results
-    assert torch.equal(k1, k4) and torch.equal(v1, v4)
-    _close(o4, o1, 1e-2)
+    for (o1, k1, v1), (o4, k4, v4) in (results[:2], results[2:]):  # whole, then windowed
+        assert torch.equal(k1, k4) and torch.equal(v1, v4)
+        _close(o4, o1, 1e-2)
+    assert (results[2][0] - results[0][0]).abs().max() > 0.01  # the window changed the long sequence's output

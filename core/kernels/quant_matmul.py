@@ -16,8 +16,9 @@ The kernel can also fold in the neighbours of a matrix product in a decode layer
 - NORM: RMSNorm of the input row.  W (x * rstd * w_norm) = rstd * W (x * w_norm): the kernel multiplies
   the inputs by the norm weight as it reads them and applies rstd = rsqrt(mean(x^2) + eps) to its
   results at the end;
-- GLU: the matrix is [gate; up] (2N rows) and the output is silu(gate row i . x) * (up row i . x), N
-  values: each program takes the same BLOCK_N rows of both halves (the FFN's gate/up product);
+- GLU: the matrix is [gate; up] (2N rows) and the output is act(gate row i . x) * (up row i . x), N
+  values, act being silu or GELU's tanh form (GELU): each program takes the same BLOCK_N rows of both
+  halves (the FFN's gate/up product);
 - ACCUMULATE: out += result (the residual stream, updated in place).  Then the K axis can also be
   split over several programs (SPLIT_K), which add their partial sums atomically: small matrices get
   enough programs to keep the memory system busy, long rows shorter loops.  (Float atomics make the
@@ -81,7 +82,7 @@ def _quant_gemv_kernel(
     x_ptr, w_ptr, s_ptr, o_ptr, bs_ptr, bo_ptr, y_ptr, norm_ptr,
     N, K, stride_xm, stride_ym, eps,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, ZERO: tl.constexpr, SUBS: tl.constexpr,
-    NORM: tl.constexpr, GLU: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_K: tl.constexpr,
+    NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (n, m, s): BLOCK_N weight rows (and their GLU partners) times input row m, over the
@@ -144,7 +145,10 @@ def _quant_gemv_kernel(
         up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
         if NORM:
             up *= rstd
-        out = out / (1.0 + tl.exp(-out)) * up
+        if GELU:  # 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+            out = out / (1.0 + tl.exp(-1.5957691216057308 * (out + 0.044715 * out * out * out))) * up
+        else:
+            out = out / (1.0 + tl.exp(-out)) * up
     y = y_ptr + m * stride_ym + rn
     if ACCUMULATE:
         tl.atomic_add(y, out, mask=n_ok)
@@ -256,9 +260,10 @@ class QuantMatrix:
         return max(1, min(tiles, TARGET_PROGRAMS // max(n_programs, 1)))
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, *, norm: torch.Tensor | None = None,
-                 eps: float = 0.0, glu: bool = False, accumulate: bool = False) -> torch.Tensor:
-        """x: [M, K] -> out [M, N] (bf16 unless given), or [M, N/2] with glu; with accumulate, out
-        (float32) += the product instead.
+                 eps: float = 0.0, glu: bool = False, activation: str = "silu",
+                 accumulate: bool = False) -> torch.Tensor:
+        """x: [M, K] -> out [M, N] (bf16 unless given), or [M, N/2] with glu (the gate's activation:
+        "silu" or "gelu_tanh"); with accumulate, out (float32) += the product instead.
 
         Made for few rows (decoding): each row re-reads the weights (from L2 after the first)."""
         M = x.shape[0]
@@ -267,6 +272,7 @@ class QuantMatrix:
         if out is None:
             out = torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
         assert not accumulate or out.dtype == torch.float32
+        assert activation in ("silu", "gelu_tanh"), activation
         block_n, block_k, warps, stages = self.tiles(N, norm is not None or glu)
         n_programs = triton.cdiv(N, block_n) * M
         split = self.split_k(n_programs, block_k) if accumulate and not glu else 1
@@ -278,7 +284,7 @@ class QuantMatrix:
             N, K, x.stride(0), out.stride(0), eps,
             BITS=self.bits, GROUP=self.group, HAS_OFFSET=self.offset is not None, ZERO=self.zero,
             SUBS=0 if self.block_scale is None else 256 // self.group,
-            NORM=norm is not None, GLU=glu, ACCUMULATE=accumulate, SPLIT_K=split,
+            NORM=norm is not None, GLU=glu, GELU=activation == "gelu_tanh", ACCUMULATE=accumulate, SPLIT_K=split,
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
         )
         return out

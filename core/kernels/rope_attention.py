@@ -5,7 +5,8 @@
 normal mode: adjacent pairs; or NeoX: halves), stores the key and value in the KV cache at the
 sequence's position, runs an online softmax over the cached cells 0..position-1 and then the new
 token's own key and value (still in registers, so no ordering between the store and the loads is
-needed), and zeroes the slices of the QKV buffer it read.  The loop stops at the sequence's own
+needed), and zeroes the slices of the QKV buffer it read.  A sliding window (gemma3's local layers)
+starts the loop at the first cell the window shows instead of cell 0.  The loop stops at the sequence's own
 length, read on the device, so a captured CUDA graph serves every position without masks or buckets.
 For long contexts (`SplitScratch`) the cells are also split over several programs per (sequence, KV
 head) whose partial softmax states the last one to finish merges (flash-decoding).
@@ -25,7 +26,7 @@ _DOT_F32 = interpreting()
 
 @triton.jit
 def _rope_attention_kernel(
-    qkv_ptr, k_ptr, v_ptr, out_ptr, pos_ptr, row_ptr, cos_ptr, sin_ptr, scale,
+    qkv_ptr, k_ptr, v_ptr, out_ptr, pos_ptr, row_ptr, cos_ptr, sin_ptr, scale, window,
     part_acc_ptr, part_ml_ptr, count_ptr, min_chunk,
     stride_qkv, stride_row, stride_head, stride_cell,
     H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HD: tl.constexpr,
@@ -71,13 +72,15 @@ def _rope_attention_kernel(
     else:
         q = tl.reshape(tl.join(q0, q1), (GROUP_PAD, HD))
 
-    # this program's slice of the cached cells 0..pos-1, then this token's own key and value (registers)
+    # this program's slice of the cached cells first..pos-1, then this token's own key and value
+    # (registers); cell c is in the window of position pos iff pos - c < window
+    first = tl.maximum(pos - window + 1, 0)
     if SPLITS == 1:
-        lo, hi = 0, pos
+        lo, hi = first, pos
     else:
-        chunk = tl.maximum(tl.cdiv(pos, SPLITS), min_chunk)
+        chunk = tl.maximum(tl.cdiv(pos - first, SPLITS), min_chunk)
         chunk = tl.cdiv(chunk, BLOCK_S) * BLOCK_S
-        lo = split * chunk
+        lo = first + split * chunk
         hi = tl.minimum(lo + chunk, pos)
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)
@@ -154,6 +157,9 @@ def _finish(acc, l_i, m_i, own, v_own, out_ptr, b, kvh, g, g_ok, d, src, q_off, 
     tl.store(v_src + d, tl.zeros((HD,), dtype=qkv_ptr.dtype.element_ty))
 
 
+NO_WINDOW = 1 << 30  # a window wider than any context
+
+
 class SplitScratch:
     """Flash-decoding's per-slice partial results and arrival counts for `splits` slices of the cells
     (rope_attention with splits > 1): long contexts spread over more programs than (sequences x KV heads)."""
@@ -174,10 +180,12 @@ def _group_pad(group: int) -> int:
 
 def rope_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                    positions: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   n_head: int, scale: float, neox: bool, split: SplitScratch | None = None) -> None:
+                   n_head: int, scale: float, neox: bool, split: SplitScratch | None = None,
+                   window: int = 0) -> None:
     """qkv [B, (H + 2 HKV) * hd] (zeroed after); caches [rows, HKV, cells, hd]; cos/sin [cells, hd/2];
     out [B, H * hd]: the attention of each sequence's new token at positions[b], cache row rows[b].
-    With `split`, the cells are spread over split.splits programs per (sequence, KV head)."""
+    With `split`, the cells are spread over split.splits programs per (sequence, KV head); a window
+    > 0 shows only the cells at positions[b] - window + 1 and after."""
     B = qkv.shape[0]
     n_head_kv, head_dim = k_cache.shape[1], k_cache.shape[3]
     group = n_head // n_head_kv
@@ -185,7 +193,7 @@ def rope_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     splits = 1 if split is None else split.splits
     scratch = (qkv, qkv, positions, 0) if split is None else (split.acc, split.ml, split.count, split.MIN_CHUNK)
     _rope_attention_kernel[(B, n_head_kv, splits)](
-        qkv, k_cache, v_cache, out, positions, rows, cos, sin, scale, *scratch,
+        qkv, k_cache, v_cache, out, positions, rows, cos, sin, scale, window or NO_WINDOW, *scratch,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         H=n_head, HKV=n_head_kv, GROUP=group, GROUP_PAD=_group_pad(group), HD=head_dim,
         NEOX=neox, BLOCK_S=64, DOT_F32=_DOT_F32, SPLITS=splits,
