@@ -52,6 +52,16 @@ def activation(name: str):
     return lambda g: F.silu(g, inplace=True)
 
 
+def scale_logits_(logits: torch.Tensor, c: DecoderConfig) -> torch.Tensor:
+    """The logit scale (granite: divided) and soft-cap (c * tanh(logits / c)), in place: perplexity's
+    rows are ~1 GB, each temporary a fresh mapping."""
+    if c.logit_scale != 1.0:
+        logits.div_(c.logit_scale)
+    if c.final_softcap:
+        logits.div_(c.final_softcap).tanh_().mul_(c.final_softcap)
+    return logits
+
+
 class DecoderLayer:
     """One layer's weights; the optional ones are None where the config has no use for them.
 
@@ -283,12 +293,7 @@ class Decoder:
                 logits = logits.to(torch.float32, copy=True)
         if self.output_bias is not None:
             logits.add_(self.output_bias)
-        if self.config.logit_scale != 1.0:
-            logits.div_(self.config.logit_scale)
-        if self.config.final_softcap:  # in place: perplexity's rows are ~1 GB, each temporary a fresh mapping
-            cap = self.config.final_softcap
-            logits.div_(cap).tanh_().mul_(cap)
-        return logits
+        return scale_logits_(logits, self.config)
 
     def _reused_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Many rows of logits (perplexity: ~1 GB per pass for Gemma 3) in one float32 buffer reused

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..weights import QUANT_MAX_ROWS
-from .decoder import activation
 from ..kernels.rope_attention import SplitScratch, rope_attention
+from ..weights import QUANT_MAX_ROWS
+from .decoder import activation, scale_logits_
 
 
 def unsupported(model) -> str | None:
@@ -30,8 +30,7 @@ def unsupported(model) -> str | None:
     embedding / residual / logit scales (granite) and a logit soft-cap, with every matrix in the Triton
     integer-group form."""
     c = model.config
-    features = {"output bias": c.output_bias, f"{c.activation} gate": c.activation not in ("silu", "gelu_tanh"),
-                "partial rotary": c.n_rot != c.head_dim,
+    features = {"output bias": c.output_bias, "partial rotary": c.n_rot != c.head_dim,
                 f"head size {c.head_dim} (not a power of two)": c.head_dim & (c.head_dim - 1) != 0}
     missing = [name for name, present in features.items() if present]
     if missing:
@@ -139,11 +138,7 @@ class DecoderStep:
         else:
             self._matmul(self.output, x, self.local_logits, norm=m.out_norm)
             self.logits.copy_(m.output.gather(self.local_logits))
-        if p.logit_scale != 1.0:
-            self.logits.div_(p.logit_scale)
-        if p.final_softcap:
-            self.logits.copy_(torch.tanh(self.logits / p.final_softcap) * p.final_softcap)
-        return self.logits
+        return scale_logits_(self.logits, p)
 
     def _add_product(self, mat, h, post_norm=None) -> None:
         """The residual stream += residual_scale * post_norm(W @ h) (a row-parallel product: its sum over
